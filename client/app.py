@@ -1,0 +1,166 @@
+"""The site side: a Flower ClientApp that trains and evaluates on the site's own silo.
+
+Only adapter tensors and named scalar metrics leave the site. The base model and the
+tokenized silo stay loaded in the process between rounds (``SiteRuntime``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from common.config import FedsiloConfig
+from common.data import SiteDataError, load_silo
+from common.federation import federation_labels, silo_dir, site_seed
+from common.model import SiteModel, build_site_model
+from common.training import EncodedSplit, encode_split, evaluate, train_local
+from common.wire import record_to_state, site_error, site_reply
+
+log = logging.getLogger(__name__)
+
+
+class SiteRuntime:
+    """What one process keeps warm between rounds: the model and the tokenized silos."""
+
+    def __init__(self, cfg: FedsiloConfig) -> None:
+        self.cfg = cfg
+        self.labels = federation_labels(cfg)
+        self._model: SiteModel | None = None
+        self._splits: dict[tuple[str, str], EncodedSplit] = {}
+
+    @property
+    def model(self) -> SiteModel:
+        if self._model is None:
+            torch.set_num_threads(self.cfg.train.threads)
+            started = time.perf_counter()
+            self._model = build_site_model(self.cfg, self.labels)
+            log.info("base model loaded in %.1f s from %s", time.perf_counter() - started,
+                     self._model.source)
+        return self._model
+
+    def split(self, site: str, name: str) -> EncodedSplit:
+        key = (site, name)
+        if key not in self._splits:
+            data = load_silo(
+                silo_dir(self.cfg, site),
+                name,
+                text_column=self.cfg.data.text_column,
+                label_column=self.cfg.data.label_column,
+                labels=self.labels,
+                max_line_bytes=self.cfg.data.max_line_bytes,
+            )
+            self._splits[key] = encode_split(
+                self.model.tokenizer, data.texts, data.labels, self.cfg.model.max_length
+            )
+        return self._splits[key]
+
+    def train(self, site: str, state, epochs: int, seed: int) -> tuple[dict, dict]:
+        data = self.split(site, "train")
+        self.model.load_adapter_state(state)
+        metrics = train_local(
+            self.model.model,
+            data,
+            epochs=epochs,
+            batch_size=self.cfg.train.batch_size,
+            learning_rate=self.cfg.train.learning_rate,
+            weight_decay=self.cfg.train.weight_decay,
+            seed=seed,
+        )
+        return self.model.adapter_state(), metrics
+
+    def evaluate(self, site: str, state, split: str = "test") -> dict:
+        data = self.split(site, split)
+        self.model.load_adapter_state(state)
+        return evaluate(self.model.model, data, self.cfg.train.eval_batch_size)
+
+
+_RUNTIMES: dict[str, SiteRuntime] = {}
+
+
+def runtime_for(cfg: FedsiloConfig) -> SiteRuntime:
+    """The process-wide runtime of this configuration, created on first use."""
+    key = hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode())
+    digest = key.hexdigest()
+    if digest not in _RUNTIMES:
+        _RUNTIMES.clear()
+        _RUNTIMES[digest] = SiteRuntime(cfg)
+    return _RUNTIMES[digest]
+
+
+def site_of(cfg: FedsiloConfig, context: Context) -> str:
+    """The site this node serves: node config ``site``, or the simulation's partition id."""
+    node_config = context.node_config
+    if "site" in node_config:
+        return str(node_config["site"])
+    partition = int(node_config["partition-id"])
+    return cfg.site_ids()[partition]
+
+
+def _failure_reason(exc: Exception) -> str:
+    """What the coordinator is told: the problem and the file's name, never a path or text."""
+    if isinstance(exc, SiteDataError):
+        where = exc.path.name if exc.line is None else f"{exc.path.name}, {exc.unit} {exc.line}"
+        return f"{where}: {exc.reason}" + (f". {exc.hint}" if exc.hint else "")
+    if isinstance(exc, FileNotFoundError) and exc.filename:
+        return f"{Path(exc.filename).name}: file not found at the site"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def make_client_app(cfg: FedsiloConfig) -> ClientApp:
+    """A ClientApp serving every site of ``cfg`` (one per simulated or deployed node)."""
+    app = ClientApp()
+
+    def handle(msg: Message, context: Context, work) -> Message:
+        site = "unknown"
+        try:
+            site = site_of(cfg, context)
+            content = work(runtime_for(cfg), site, msg)
+        except Exception as exc:  # a site's failure is reported, never raised into Flower
+            reason = _failure_reason(exc)
+            log.warning("site %s: %s", site, reason)
+            content = site_error(site, reason)
+        return Message(content=content, reply_to=msg)
+
+    def train_work(runtime: SiteRuntime, site: str, msg: Message):
+        round_number = int(msg.content["config"]["round"])
+        state = record_to_state(msg.content["arrays"])
+        seed = site_seed(cfg.seed, site, round_number)
+        new_state, metrics = runtime.train(site, state, cfg.train.local_epochs, seed)
+        log.info("site %s round %s: trained on %d examples, loss %.4f in %.1f s", site,
+                 round_number, int(metrics["num_examples"]), metrics["train_loss"],
+                 metrics["train_time_s"])
+        return site_reply(site, state=new_state, metrics=metrics)
+
+    def evaluate_work(runtime: SiteRuntime, site: str, msg: Message):
+        state = record_to_state(msg.content["arrays"])
+        return site_reply(site, metrics=runtime.evaluate(site, state))
+
+    def local_baseline_work(runtime: SiteRuntime, site: str, msg: Message):
+        """Train alone from the initial adapter with the federation's compute, then test."""
+        epochs = int(msg.content["config"]["epochs"])
+        state = record_to_state(msg.content["arrays"])
+        trained, metrics = runtime.train(site, state, epochs, site_seed(cfg.seed, site, 0))
+        result = runtime.evaluate(site, trained)
+        result["train_time_s"] = metrics["train_time_s"]
+        return site_reply(site, metrics=result)
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        return handle(msg, context, train_work)
+
+    @app.evaluate()
+    def evaluate_(msg: Message, context: Context) -> Message:
+        return handle(msg, context, evaluate_work)
+
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:
+        return handle(msg, context, local_baseline_work)
+
+    return app

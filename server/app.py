@@ -1,0 +1,113 @@
+"""The coordinator's Flower ServerApp: federated rounds, then the optional local baseline."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from flwr.app import ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+
+from common.config import FedsiloConfig
+from common.federation import federation_labels
+from common.model import SiteModel, build_site_model, save_adapter
+from common.wire import AdapterState, record_to_state, state_to_record
+from server.coordinator import Coordinator, RoundObserver, RoundRecord, run_local_baseline
+from server.report import append_jsonl
+from strategies import create_strategy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CoordinatorOutcome:
+    """What the ServerApp leaves for the command that launched it."""
+
+    site_model: SiteModel | None = None
+    initial_state: AdapterState | None = None
+    final_state: AdapterState | None = None
+    rounds: list[RoundRecord] = field(default_factory=list)
+    local: dict[str, dict[str, float]] = field(default_factory=dict)
+    local_failures: dict[str, str] = field(default_factory=dict)
+
+    def excluded(self) -> dict[str, str]:
+        """Each site left out of any round, with its latest reason and the rounds."""
+        reasons: dict[str, tuple[list[int], str]] = {}
+        for record in self.rounds:
+            for site, reason in record.excluded.items():
+                rounds, _ = reasons.get(site, ([], ""))
+                reasons[site] = (rounds + [record.round], reason)
+        return {
+            site: f"rounds {','.join(map(str, rounds))}: {reason}"
+            for site, (rounds, reason) in reasons.items()
+        }
+
+
+class RunRecorder(RoundObserver):
+    """Writes one JSON line per round to the run directory and forwards to a display."""
+
+    def __init__(self, run_dir: Path, outcome: CoordinatorOutcome, display: RoundObserver):
+        self.path = run_dir / "metrics.jsonl"
+        self.outcome = outcome
+        self.display = display
+
+    def phase(self, round_number: int, phase: str) -> None:
+        self.display.phase(round_number, phase)
+
+    def round_done(self, record: RoundRecord) -> None:
+        self.outcome.rounds.append(record)
+        fields = asdict(record)
+        fields.pop("started")
+        append_jsonl(self.path, fields)
+        self.display.round_done(record)
+
+
+def make_server_app(
+    cfg: FedsiloConfig, run_dir: Path, outcome: CoordinatorOutcome, display: RoundObserver
+) -> ServerApp:
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        coordinate(cfg, grid, run_dir, outcome, RunRecorder(run_dir, outcome, display))
+
+    return app
+
+
+def coordinate(
+    cfg: FedsiloConfig,
+    grid: Grid,
+    run_dir: Path,
+    outcome: CoordinatorOutcome,
+    recorder: RoundObserver,
+) -> None:
+    """Run the federated rounds, save the global adapter, then the local-only baseline."""
+    labels = federation_labels(cfg)
+    outcome.site_model = build_site_model(cfg, labels)
+    outcome.initial_state = outcome.site_model.adapter_state()
+
+    coordinator = Coordinator(
+        strategy=create_strategy(cfg.strategy.name),
+        site_ids=cfg.site_ids(),
+        min_sites=cfg.federation.min_sites,
+        observer=recorder,
+    )
+    result = coordinator.start(
+        grid=grid,
+        initial_arrays=state_to_record(outcome.initial_state),
+        num_rounds=cfg.federation.rounds,
+        timeout=cfg.federation.round_timeout_s,
+        train_config=ConfigRecord({"local-epochs": cfg.train.local_epochs}),
+    )
+    aggregated = result.arrays is not None and len(result.arrays) > 0
+    outcome.final_state = record_to_state(result.arrays) if aggregated else outcome.initial_state
+    save_adapter(outcome.site_model, outcome.final_state, run_dir / "global", cfg.model.name)
+    log.info("global adapter saved to %s", run_dir / "global")
+
+    if cfg.simulation.baselines:
+        recorder.phase(cfg.federation.rounds, "local-only baseline")
+        epochs = cfg.federation.rounds * cfg.train.local_epochs
+        outcome.local, outcome.local_failures = run_local_baseline(
+            grid, cfg.site_ids(), outcome.initial_state, epochs, cfg.federation.round_timeout_s
+        )

@@ -1,0 +1,202 @@
+"""The coordinator's side of a round, as a Flower Message-API strategy.
+
+Flower's ``Strategy.start`` drives the rounds; this class decides what each message carries,
+turns replies into validated ``SiteUpdate``s, leaves failed sites out with their reason, and
+hands the arithmetic to the configured strategy of ``strategies/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy as FlowerStrategy
+
+from common.wire import STATUS_OK, AdapterState, record_to_state, state_to_record
+from server.validation import UpdateRejected, validate_update
+from strategies import SiteUpdate, Strategy
+
+log = logging.getLogger(__name__)
+
+NODE_WAIT_S = 120.0
+
+
+@dataclass
+class RoundRecord:
+    """What happened in one round: per-site metrics and the sites left out, with reasons."""
+
+    round: int
+    train: dict[str, dict[str, float]] = field(default_factory=dict)
+    evaluate: dict[str, dict[str, float]] = field(default_factory=dict)
+    excluded: dict[str, str] = field(default_factory=dict)
+    aggregated: bool = False
+    started: float = field(default_factory=time.perf_counter)
+    wall_s: float = 0.0
+
+
+class RoundObserver:
+    """Hooks the coordinator calls; the CLI shows progress, the run directory records."""
+
+    def phase(self, round_number: int, phase: str) -> None: ...
+
+    def round_done(self, record: RoundRecord) -> None: ...
+
+
+def wait_for_nodes(grid: Grid, expected: int, timeout_s: float = NODE_WAIT_S) -> list[int]:
+    """Node ids once ``expected`` nodes are connected, or those present at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= expected or time.monotonic() >= deadline:
+            return nodes
+        time.sleep(0.5)
+
+
+def reply_site(reply: Message) -> tuple[str, str | None]:
+    """(site, failure reason or None) of a reply; Flower-level errors included."""
+    if reply.has_error():
+        node = reply.metadata.src_node_id
+        return f"node-{node}", f"Flower error {reply.error.code}: {reply.error.reason}"
+    status = reply.content.config_records.get("site")
+    if status is None:
+        return f"node-{reply.metadata.src_node_id}", "reply without a site record"
+    site = str(status["site"])
+    if status["status"] != STATUS_OK:
+        return site, str(status.get("reason", "no reason given"))
+    return site, None
+
+
+class Coordinator(FlowerStrategy):
+    """Sends the global adapter to every site each round and aggregates the replies."""
+
+    def __init__(
+        self,
+        *,
+        strategy: Strategy,
+        site_ids: list[str],
+        min_sites: int,
+        observer: RoundObserver | None = None,
+    ) -> None:
+        self.strategy = strategy
+        self.site_ids = site_ids
+        self.min_sites = min_sites
+        self.observer = observer or RoundObserver()
+        self.rounds: dict[int, RoundRecord] = {}
+        self.global_state: AdapterState = {}
+
+    # Messages out
+
+    def _messages(
+        self, grid: Grid, arrays: ArrayRecord, config: ConfigRecord, message_type: str
+    ) -> list[Message]:
+        nodes = wait_for_nodes(grid, len(self.site_ids))
+        return [
+            Message(
+                content=RecordDict({"arrays": arrays, "config": config}),
+                message_type=message_type,
+                dst_node_id=node,
+            )
+            for node in nodes
+        ]
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self.rounds[server_round] = RoundRecord(round=server_round)
+        self.global_state = record_to_state(arrays)
+        self.observer.phase(server_round, "train")
+        round_config = ConfigRecord({**dict(config), "round": server_round})
+        return self._messages(grid, arrays, round_config, MessageType.TRAIN)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self.observer.phase(server_round, "evaluate")
+        round_config = ConfigRecord({**dict(config), "round": server_round})
+        return self._messages(grid, arrays, round_config, MessageType.EVALUATE)
+
+    # Replies in
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        record = self.rounds[server_round]
+        updates: list[SiteUpdate] = []
+        for reply in replies:
+            site, failure = reply_site(reply)
+            if failure is None:
+                try:
+                    update = validate_update(site, reply.content, self.global_state)
+                except UpdateRejected as exc:
+                    failure = str(exc)
+            if failure is not None:
+                record.excluded[site] = failure
+                log.warning("round %s: site %s left out: %s", server_round, site, failure)
+                continue
+            updates.append(update)
+            record.train[site] = dict(reply.content["metrics"])
+
+        if len(updates) < self.min_sites:
+            log.warning(
+                "round %s: %d usable updates, fewer than federation.min_sites=%d; "
+                "global adapter unchanged", server_round, len(updates), self.min_sites
+            )
+            return None, None
+        new_state = self.strategy.aggregate(self.global_state, updates)
+        record.aggregated = True
+        total = sum(u.num_examples for u in updates)
+        loss = sum(record.train[u.site]["train_loss"] * u.num_examples for u in updates) / total
+        log.info("round %s: aggregated %d sites (%d examples) with %s", server_round,
+                 len(updates), total, self.strategy.name)
+        return state_to_record(new_state), MetricRecord({"train_loss": loss, "sites": len(updates)})
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        record = self.rounds[server_round]
+        for reply in replies:
+            site, failure = reply_site(reply)
+            if failure is not None:
+                record.excluded.setdefault(site, failure)
+                log.warning("round %s: site %s did not evaluate: %s", server_round, site, failure)
+                continue
+            record.evaluate[site] = dict(reply.content["metrics"])
+        record.wall_s = time.perf_counter() - record.started
+        self.observer.round_done(record)
+        if not record.evaluate:
+            return None
+        f1 = [m["macro_f1"] for m in record.evaluate.values()]
+        return MetricRecord(
+            {"mean_macro_f1": float(np.mean(f1)), "worst_macro_f1": float(np.min(f1))}
+        )
+
+    def summary(self) -> None:
+        log.info("coordinator: %d sites, strategy %s, min_sites %d", len(self.site_ids),
+                 self.strategy.name, self.min_sites)
+
+
+def run_local_baseline(
+    grid: Grid, site_ids: list[str], initial: AdapterState, epochs: int, timeout_s: float
+) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+    """Ask every site to train alone for ``epochs`` from ``initial`` and report test metrics."""
+    nodes = wait_for_nodes(grid, len(site_ids))
+    content = RecordDict(
+        {"arrays": state_to_record(initial), "config": ConfigRecord({"epochs": epochs})}
+    )
+    messages = [
+        Message(content=content, message_type=MessageType.QUERY, dst_node_id=node)
+        for node in nodes
+    ]
+    results, failures = {}, {}
+    for reply in grid.send_and_receive(messages, timeout=timeout_s):
+        site, failure = reply_site(reply)
+        if failure is not None:
+            failures[site] = failure
+        else:
+            results[site] = dict(reply.content["metrics"])
+    return results, failures

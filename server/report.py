@@ -1,0 +1,147 @@
+"""The run directory: resolved config, per-round metrics, the global adapter, the final table."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from common.config import FedsiloConfig, config_to_yaml
+
+ARMS = ("local", "federated", "centralized")
+ARM_TITLES = {
+    "local": "local-only",
+    "federated": "federated",
+    "centralized": "centralized (pooled; simulation only)",
+}
+
+
+def atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def create_run_dir(cfg: FedsiloConfig) -> Path:
+    """``<runs_dir>/<time>-<name>/`` with the resolved config written into it."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path(cfg.output.runs_dir) / f"{stamp}-{cfg.name}"
+    run_dir = base
+    for attempt in range(2, 100):
+        try:
+            run_dir.mkdir(parents=True)
+            break
+        except FileExistsError:
+            run_dir = base.with_name(f"{base.name}-{attempt}")
+    else:
+        raise FileExistsError(f"{base}: could not create a fresh run directory")
+    atomic_write(run_dir / "config.yaml", config_to_yaml(cfg))
+    return run_dir
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
+
+
+@dataclass
+class SiteRow:
+    site: str
+    scores: dict[str, float] = field(default_factory=dict)  # arm -> macro-F1
+    accuracy: dict[str, float] = field(default_factory=dict)
+    num_test: int = 0
+
+
+@dataclass
+class ResultTable:
+    """Per-country macro-F1 of each arm, plus the mean and the worst country."""
+
+    rows: list[SiteRow]
+    arms: list[str]
+    excluded: dict[str, str] = field(default_factory=dict)
+
+    def column(self, arm: str) -> list[float]:
+        return [row.scores[arm] for row in self.rows if arm in row.scores]
+
+    def mean(self, arm: str) -> float:
+        values = self.column(arm)
+        return float(np.mean(values)) if values else float("nan")
+
+    def worst(self, arm: str) -> tuple[str, float]:
+        scored = [(row.scores[arm], row.site) for row in self.rows if arm in row.scores]
+        if not scored:
+            return "-", float("nan")
+        score, site = min(scored)
+        return site, score
+
+    def to_dict(self) -> dict:
+        return {
+            "arms": self.arms,
+            "rows": [asdict(row) for row in self.rows],
+            "mean": {arm: self.mean(arm) for arm in self.arms},
+            "worst": {arm: dict(zip(("site", "macro_f1"), self.worst(arm))) for arm in self.arms},
+            "excluded": self.excluded,
+        }
+
+    def to_markdown(self) -> str:
+        header = "| country | test n | " + " | ".join(ARM_TITLES[a] for a in self.arms)
+        if {"local", "federated"} <= set(self.arms):
+            header += " | fed - local"
+        lines = [header + " |", "|" + "---|" * (header.count("|"))]
+        for row in self.rows:
+            cells = [_fmt(row.scores.get(arm)) for arm in self.arms]
+            if {"local", "federated"} <= set(self.arms):
+                cells.append(_delta(row.scores.get("federated"), row.scores.get("local")))
+            lines.append(f"| {row.site} | {row.num_test} | " + " | ".join(cells) + " |")
+        mean_cells = [_fmt(self.mean(arm)) for arm in self.arms]
+        worst_cells = [f"{_fmt(self.worst(a)[1])} ({self.worst(a)[0]})" for a in self.arms]
+        if {"local", "federated"} <= set(self.arms):
+            mean_cells.append(_delta(self.mean("federated"), self.mean("local")))
+            worst_cells.append("")
+        lines.append("| **mean** | | " + " | ".join(mean_cells) + " |")
+        lines.append("| **worst** | | " + " | ".join(worst_cells) + " |")
+        text = "Macro-F1 on each country's own test split.\n\n" + "\n".join(lines) + "\n"
+        if self.excluded:
+            text += "\nExcluded sites:\n" + "".join(
+                f"- {site}: {reason}\n" for site, reason in sorted(self.excluded.items())
+            )
+        return text
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None or np.isnan(value) else f"{value:.3f}"
+
+
+def _delta(a: float | None, b: float | None) -> str:
+    if a is None or b is None:
+        return "-"
+    return f"{a - b:+.3f}"
+
+
+def build_table(
+    site_ids: list[str],
+    arm_results: dict[str, dict[str, dict[str, float]]],
+    excluded: dict[str, str],
+) -> ResultTable:
+    """``arm_results[arm][site]`` holds the site's test metrics under that arm."""
+    arms = [arm for arm in ARMS if arm in arm_results]
+    rows = []
+    for site in site_ids:
+        row = SiteRow(site=site)
+        for arm in arms:
+            metrics = arm_results[arm].get(site)
+            if metrics is None:
+                continue
+            row.scores[arm] = float(metrics["macro_f1"])
+            row.accuracy[arm] = float(metrics["accuracy"])
+            row.num_test = int(metrics["num_examples"])
+        if row.scores:
+            rows.append(row)
+    return ResultTable(rows=rows, arms=arms, excluded=dict(excluded))

@@ -1,0 +1,158 @@
+"""`fedsilo simulate`: a whole federation on one machine, on Flower's simulation engine.
+
+Each site is a virtual Flower SuperNode running the same ClientApp as a deployed site; the
+coordinator is the same ServerApp. With baselines on, the same run also trains each country
+alone (on the sites, through Flower) and one pooled model (here, in the launching process:
+only possible in simulation, where the silos sit on one machine).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.config import FedsiloConfig
+from common.data import SiteDataError, load_silo, prepare_silos
+from common.federation import federation_labels, silo_dir, silo_root, site_seed
+from common.offline import apply_offline_switches
+from common.training import StepCallback, concat_splits, encode_split, evaluate, train_local
+from server.coordinator import RoundObserver
+from server.report import ResultTable, atomic_write, build_table, create_run_dir
+
+log = logging.getLogger(__name__)
+
+
+class SimulationFailed(RuntimeError):
+    """The federation could not run to the end."""
+
+
+@dataclass
+class SimulationResult:
+    run_dir: Path
+    table: ResultTable
+    wall_s: float
+
+
+def ensure_default_silos(cfg: FedsiloConfig) -> None:
+    """Prepare the chatterbot silos for the sites that use the default corpus, once."""
+    default_sites = [s.id for s in cfg.federation.sites if s.silo is None]
+    if not default_sites:
+        return
+    root = silo_root(cfg)
+    if (root / "labels.json").exists() and all((root / s).is_dir() for s in default_sites):
+        return
+    log.info("preparing default silos in %s", root)
+    prepare_silos(root, seed=cfg.data.seed)
+
+
+def backend_config(cfg: FedsiloConfig) -> dict:
+    """Flower's Ray backend settings: loopback only, no dashboard, bounded CPUs."""
+    init_args = {"include_dashboard": False, "logging_level": "ERROR", "log_to_driver": True}
+    if cfg.simulation.num_cpus:
+        init_args["num_cpus"] = cfg.simulation.num_cpus
+    return {
+        "client_resources": {"num_cpus": cfg.simulation.cpus_per_site, "num_gpus": 0.0},
+        "init_args": init_args,
+    }
+
+
+def run_centralized(
+    cfg: FedsiloConfig, outcome, labels: list[str], on_step: StepCallback | None = None
+) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+    """Pool every usable silo's training data, train one model, test it on each country."""
+    site_model = outcome.site_model
+    read = dict(
+        text_column=cfg.data.text_column,
+        label_column=cfg.data.label_column,
+        labels=labels,
+        max_line_bytes=cfg.data.max_line_bytes,
+    )
+    train_parts, tests, failures = [], {}, {}
+    for site in cfg.site_ids():
+        try:
+            train = load_silo(silo_dir(cfg, site), "train", **read)
+            test = load_silo(silo_dir(cfg, site), "test", **read)
+        except (SiteDataError, FileNotFoundError) as exc:
+            failures[site] = str(exc)
+            continue
+        encode = lambda split: encode_split(  # noqa: E731
+            site_model.tokenizer, split.texts, split.labels, cfg.model.max_length
+        )
+        train_parts.append(encode(train))
+        tests[site] = encode(test)
+    if not train_parts:
+        raise SimulationFailed("centralized baseline: no site has usable data")
+
+    site_model.load_adapter_state(outcome.initial_state)
+    train_local(
+        site_model.model,
+        concat_splits(train_parts),
+        epochs=cfg.federation.rounds * cfg.train.local_epochs,
+        batch_size=cfg.train.batch_size,
+        learning_rate=cfg.train.learning_rate,
+        weight_decay=cfg.train.weight_decay,
+        seed=site_seed(cfg.seed, "centralized", 0),
+        on_step=on_step,
+    )
+    results = {
+        site: evaluate(site_model.model, data, cfg.train.eval_batch_size)
+        for site, data in tests.items()
+    }
+    return results, failures
+
+
+def simulate(
+    cfg: FedsiloConfig,
+    display: RoundObserver | None = None,
+    centralized_step: StepCallback | None = None,
+) -> SimulationResult:
+    """Run the configured federation on Flower's simulation engine and write the run dir."""
+    apply_offline_switches(hub_offline=cfg.model.source != "hub")
+    from flwr.simulation import run_simulation  # after the switches: imports Ray
+
+    from client.app import make_client_app
+    from server.app import CoordinatorOutcome, make_server_app
+
+    started = time.perf_counter()
+    ensure_default_silos(cfg)
+    labels = federation_labels(cfg)
+    run_dir = create_run_dir(cfg)
+    log.info("run directory %s", run_dir)
+
+    outcome = CoordinatorOutcome()
+    server_app = make_server_app(cfg, run_dir, outcome, display or RoundObserver())
+    client_app = make_client_app(cfg)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*deprecated.*")
+        try:
+            run_simulation(
+                server_app=server_app,
+                client_app=client_app,
+                num_supernodes=len(cfg.federation.sites),
+                backend_config=backend_config(cfg),
+            )
+        except Exception as exc:
+            raise SimulationFailed(f"the federation stopped: {exc}") from exc
+    if outcome.final_state is None or not outcome.rounds:
+        raise SimulationFailed("the coordinator ended without completing a round")
+
+    arms = {"federated": outcome.rounds[-1].evaluate}
+    excluded = outcome.excluded()
+    if cfg.simulation.baselines:
+        arms["local"] = outcome.local
+        arms["centralized"], central_failures = run_centralized(
+            cfg, outcome, labels, centralized_step
+        )
+        for site, reason in {**outcome.local_failures, **central_failures}.items():
+            excluded.setdefault(site, reason)
+
+    table = build_table(cfg.site_ids(), arms, excluded)
+    atomic_write(run_dir / "results.md", table.to_markdown())
+    atomic_write(run_dir / "results.json", json.dumps(table.to_dict(), indent=1))
+    wall_s = time.perf_counter() - started
+    log.info("simulation finished in %.0f s", wall_s)
+    return SimulationResult(run_dir=run_dir, table=table, wall_s=wall_s)
