@@ -134,6 +134,8 @@ def simulate(
 
     from server.simulation import SimulationFailed, simulate as run
 
+    _setup_logging(verbose)  # again: importing Flower resets its logger's level
+
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
     try:
@@ -239,7 +241,6 @@ def predict(
     cfg = _load(config, set_)
     from common.offline import apply_offline_switches
 
-    apply_offline_switches(hub_offline=cfg.model.source != "hub")
     import torch
 
     from common.model import load_for_inference
@@ -257,6 +258,9 @@ def predict(
 
 
 def main() -> None:
+    from common.offline import apply_offline_switches
+
+    apply_offline_switches(hub_offline=False)
     try:
         app()
     except KeyboardInterrupt:

@@ -125,6 +125,15 @@ class TrainConfig(_Section):
 class StrategyConfig(_Section):
     name: str = Field(default="fedavg", description="Aggregation strategy, by registry name.")
 
+    @field_validator("name")
+    @classmethod
+    def _known_strategy(cls, name: str) -> str:
+        from strategies import REGISTRY
+
+        if name not in REGISTRY:
+            raise ValueError(f"unknown strategy; choose one of: {', '.join(sorted(REGISTRY))}")
+        return name
+
 
 class SimulationConfig(_Section):
     num_cpus: int | None = Field(

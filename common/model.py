@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers.utils import logging as transformers_logging
 
 from common.config import FedsiloConfig
 from common.offline_model import resolve_model_source
@@ -42,6 +44,13 @@ class SiteModel:
         load_adapter_state(self.model, state)
 
 
+def quiet_transformers() -> None:
+    """Keep weight-loading reports and progress bars out of a site's console."""
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+
+
 def lora_config(cfg: FedsiloConfig) -> LoraConfig:
     return LoraConfig(
         r=cfg.lora.r,
@@ -59,6 +68,7 @@ def build_site_model(cfg: FedsiloConfig, labels: list[str]) -> SiteModel:
     The adapter is initialised from ``cfg.seed``, so every process that builds it starts
     from the same tensors.
     """
+    quiet_transformers()
     source = resolve_model_source(cfg.model.name, cfg.model.source)
     tokenizer = AutoTokenizer.from_pretrained(str(source))
 
@@ -115,7 +125,7 @@ def save_adapter(site_model: SiteModel, state: AdapterState, dest: Path, base_na
     site_model.load_adapter_state(state)
     dest.mkdir(parents=True, exist_ok=True)
     site_model.model.peft_config["default"].base_model_name_or_path = base_name
-    site_model.model.save_pretrained(str(dest))
+    site_model.model.save_pretrained(str(dest), save_embedding_layers=False)
     (dest / LABELS_FILE).write_text(json.dumps(site_model.labels, ensure_ascii=False, indent=1))
     return dest
 

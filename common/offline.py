@@ -22,6 +22,7 @@ OFFLINE_ENV = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_DISABLE_DOCKER_CPU_WARNING": "1",
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
     # Hugging Face: local files only unless the user asked for the hub.
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "TOKENIZERS_PARALLELISM": "false",
@@ -32,7 +33,11 @@ RAY_BOOTSTRAP_FILE = Path.home() / "ray_bootstrap_config.yaml"
 
 
 def apply_offline_switches(*, hub_offline: bool = True) -> None:
-    """Set the environment switches (user-set values win) and Ray's bootstrap marker file."""
+    """Set the environment switches (user-set values win) and Ray's bootstrap marker file.
+
+    ``hub_offline=False`` leaves Hugging Face alone, for the one model resolution that may
+    reach the hub (``model.source`` auto or hub); call ``hub_offline_from_now()`` after it.
+    """
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
     if hub_offline:
@@ -46,3 +51,9 @@ def apply_offline_switches(*, hub_offline: bool = True) -> None:
         except OSError as exc:
             log.warning("could not write %s (%s): Ray may probe cloud metadata addresses",
                         RAY_BOOTSTRAP_FILE, exc)
+
+
+def hub_offline_from_now() -> None:
+    """After the model is resolved (and cached), no process of this run asks the hub again."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"

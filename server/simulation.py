@@ -18,7 +18,8 @@ from pathlib import Path
 from common.config import FedsiloConfig
 from common.data import SiteDataError, load_silo, prepare_silos
 from common.federation import federation_labels, silo_dir, silo_root, site_seed
-from common.offline import apply_offline_switches
+from common.offline import apply_offline_switches, hub_offline_from_now
+from common.offline_model import resolve_model_source
 from common.training import StepCallback, concat_splits, encode_split, evaluate, train_local
 from server.coordinator import RoundObserver
 from server.report import ResultTable, atomic_write, build_table, create_run_dir
@@ -111,13 +112,20 @@ def simulate(
     centralized_step: StepCallback | None = None,
 ) -> SimulationResult:
     """Run the configured federation on Flower's simulation engine and write the run dir."""
-    apply_offline_switches(hub_offline=cfg.model.source != "hub")
+    apply_offline_switches(hub_offline=False)
     from flwr.simulation import run_simulation  # after the switches: imports Ray
 
     from client.app import make_client_app
     from server.app import CoordinatorOutcome, make_server_app
 
     started = time.perf_counter()
+    model_source = resolve_model_source(cfg.model.name, cfg.model.source)
+    if cfg.model.source == "hub":
+        from huggingface_hub import snapshot_download
+
+        model_source = snapshot_download(str(model_source))  # once, before the sites start
+    hub_offline_from_now()  # the sites load what was just resolved, from local files
+    log.info("base model: %s", model_source)
     ensure_default_silos(cfg)
     labels = federation_labels(cfg)
     run_dir = create_run_dir(cfg)
