@@ -40,7 +40,7 @@ class FederationConfig(_Section):
         description="The sites of the federation, one per country. Strings are accepted as "
         "site ids of the default corpus."
     )
-    rounds: int = Field(default=3, ge=1, le=1000, description="Federated rounds.")
+    rounds: int = Field(default=5, ge=1, le=1000, description="Federated rounds.")
     min_sites: int = Field(
         default=1,
         ge=1,

@@ -67,15 +67,16 @@ class ResultTable:
     arms: list[str]
     excluded: dict[str, str] = field(default_factory=dict)
 
-    def column(self, arm: str) -> list[float]:
-        return [row.scores[arm] for row in self.rows if arm in row.scores]
+    def complete_rows(self) -> list[SiteRow]:
+        """Rows scored under every arm: the only fair basis for mean and worst."""
+        return [row for row in self.rows if all(arm in row.scores for arm in self.arms)]
 
     def mean(self, arm: str) -> float:
-        values = self.column(arm)
+        values = [row.scores[arm] for row in self.complete_rows()]
         return float(np.mean(values)) if values else float("nan")
 
     def worst(self, arm: str) -> tuple[str, float]:
-        scored = [(row.scores[arm], row.site) for row in self.rows if arm in row.scores]
+        scored = [(row.scores[arm], row.site) for row in self.complete_rows()]
         if not scored:
             return "-", float("nan")
         score, site = min(scored)
@@ -107,7 +108,11 @@ class ResultTable:
             worst_cells.append("")
         lines.append("| **mean** | | " + " | ".join(mean_cells) + " |")
         lines.append("| **worst** | | " + " | ".join(worst_cells) + " |")
-        text = "Macro-F1 on each country's own test split.\n\n" + "\n".join(lines) + "\n"
+        text = (
+            "Macro-F1 on each country's own test split; mean and worst over the "
+            f"{len(self.complete_rows())} countries scored under every arm.\n\n"
+            + "\n".join(lines) + "\n"
+        )
         if self.excluded:
             text += "\nExcluded sites:\n" + "".join(
                 f"- {site}: {reason}\n" for site, reason in sorted(self.excluded.items())

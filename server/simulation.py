@@ -147,6 +147,9 @@ def simulate(
             raise SimulationFailed(f"the federation stopped: {exc}") from exc
     if outcome.final_state is None or not outcome.rounds:
         raise SimulationFailed("the coordinator ended without completing a round")
+    if not any(record.aggregated for record in outcome.rounds):
+        reasons = "; ".join(f"{s}: {r}" for s, r in sorted(outcome.excluded().items()))
+        raise SimulationFailed(f"no round had a usable update, nothing was learned ({reasons})")
 
     arms = {"federated": outcome.rounds[-1].evaluate}
     excluded = outcome.excluded()

@@ -1,0 +1,127 @@
+"""One small federation on Flower's simulation engine, run once and inspected by each test.
+
+Three real sites plus a fourth whose training file has an invalid UTF-8 line; a monitor
+thread lists listening sockets of this process tree while the run is going.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+from common.config import load_config
+from common.model import load_for_inference
+from server.simulation import simulate
+
+pytestmark = pytest.mark.e2e
+
+BROKEN_LINE = 4
+
+
+def _is_loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip.split("%")[0])
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
+
+
+def _listening_beyond_loopback(stop: threading.Event, found: list, seen: list) -> None:
+    me = psutil.Process()
+    for _ in range(2000):  # bounded: at most ~10 minutes at 0.3 s
+        if stop.wait(0.3):
+            return
+        pids = {me.pid} | {child.pid for child in me.children(recursive=True)}
+        for conn in psutil.net_connections(kind="inet"):
+            if conn.status != psutil.CONN_LISTEN or conn.pid not in pids:
+                continue
+            seen.append(conn.laddr.ip)
+            if not _is_loopback(conn.laddr.ip):
+                found.append((conn.pid, conn.laddr))
+
+
+@pytest.fixture(scope="module")
+def run(silo_root, tiny_model_dir, tmp_path_factory):
+    broken = tmp_path_factory.mktemp("broken-silo")
+    for split in ("train", "validation", "test"):
+        shutil.copy(silo_root / "de" / f"{split}.jsonl", broken / f"{split}.jsonl")
+    lines = (broken / "train.jsonl").read_bytes().split(b"\n")
+    lines[BROKEN_LINE - 1] = b'{"text": "caf\xe9 \xff", "label": "greetings"}'
+    (broken / "train.jsonl").write_bytes(b"\n".join(lines))
+
+    runs = tmp_path_factory.mktemp("runs")
+    cfg = load_config(overrides=[
+        "federation.sites=[de, fr, id, {id: xx, silo: '%s'}]" % broken,
+        "federation.rounds=2",
+        f"data.silo_root={silo_root}",
+        f"model.name={tiny_model_dir}",
+        "model.source=local",
+        "model.max_length=32",
+        "lora.r=4",
+        "train.batch_size=32",
+        "train.learning_rate=0.005",
+        "simulation.baselines=true",
+        f"output.runs_dir={runs}",
+    ])
+    stop, wide, seen = threading.Event(), [], []
+    monitor = threading.Thread(target=_listening_beyond_loopback, args=(stop, wide, seen))
+    monitor.start()
+    try:
+        result = simulate(cfg)
+    finally:
+        stop.set()
+        monitor.join()
+    return cfg, result, wide, seen
+
+
+def test_run_directory_holds_config_metrics_adapter_and_table(run):
+    _, result, _, _ = run
+    names = {p.name for p in result.run_dir.iterdir()}
+    assert {"config.yaml", "metrics.jsonl", "global", "results.md", "results.json"} <= names
+    rounds = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").open()]
+    assert [r["round"] for r in rounds] == [1, 2]
+    # The broken site cannot train, but its test split is fine: it still scores the global model.
+    assert set(rounds[-1]["evaluate"]) == {"de", "fr", "id", "xx"}
+    assert all("macro_f1" in m and "accuracy" in m for m in rounds[-1]["evaluate"].values())
+
+
+def test_table_has_a_row_per_good_country_and_all_three_arms(run):
+    _, result, _, _ = run
+    table = result.table
+    assert [row.site for row in table.complete_rows()] == ["de", "fr", "id"]
+    assert table.arms == ["local", "federated", "centralized"]
+    assert set(table.rows[-1].scores) == {"federated"}  # xx: no local or pooled training
+    assert "**mean**" in (result.run_dir / "results.md").read_text()
+
+
+def test_broken_site_is_excluded_with_file_and_line_and_the_rounds_go_on(run):
+    _, result, _, _ = run
+    reason = result.table.excluded["xx"]
+    assert "train.jsonl" in reason and f"line {BROKEN_LINE}" in reason and "UTF-8" in reason
+    assert str(result.run_dir) not in reason
+    rounds = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").open()]
+    assert all(sorted(r["train"]) == ["de", "fr", "id"] for r in rounds)
+    assert all("xx" in r["excluded"] for r in rounds)
+
+
+def test_global_adapter_loads_with_peft_and_classifies(run):
+    cfg, result, _, _ = run
+    model, tokenizer, labels = load_for_inference(result.run_dir / "global", cfg.model.name)
+    config = json.loads((result.run_dir / "global" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA"
+    batch = tokenizer(["Guten Morgen!", "Bonjour, comment ça va ?", "Selamat pagi"],
+                      padding=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**batch).logits
+    assert logits.shape == (3, len(labels))
+
+
+def test_no_listener_beyond_loopback_during_the_simulation(run):
+    _, _, wide, seen = run
+    assert seen, "the monitor saw no listening socket at all: it did not observe the run"
+    assert wide == []
