@@ -34,6 +34,7 @@ class SiteRuntime:
         self.labels = federation_labels(cfg)
         self._model: SiteModel | None = None
         self._splits: dict[tuple[str, str], EncodedSplit] = {}
+        self.loads_reported = 0  # model loads already reported in a reply
 
     @property
     def model(self) -> SiteModel:
@@ -60,6 +61,12 @@ class SiteRuntime:
                 self.model.tokenizer, data.texts, data.labels, self.cfg.model.max_length
             )
         return self._splits[key]
+
+    def fresh_model_loads(self) -> int:
+        """1 the first time a reply asks after the model was loaded in this process, else 0."""
+        loaded = int(self._model is not None)
+        fresh, self.loads_reported = loaded - self.loads_reported, loaded
+        return fresh
 
     def train(self, site: str, state, epochs: int, seed: int) -> tuple[dict, dict]:
         data = self.split(site, "train")
@@ -133,6 +140,7 @@ def make_client_app(cfg: FedsiloConfig) -> ClientApp:
         state = record_to_state(msg.content["arrays"])
         seed = site_seed(cfg.seed, site, round_number)
         new_state, metrics = runtime.train(site, state, cfg.train.local_epochs, seed)
+        metrics["model_loads"] = float(runtime.fresh_model_loads())
         log.info("site %s round %s: trained on %d examples, loss %.4f in %.1f s", site,
                  round_number, int(metrics["num_examples"]), metrics["train_loss"],
                  metrics["train_time_s"])
@@ -140,7 +148,9 @@ def make_client_app(cfg: FedsiloConfig) -> ClientApp:
 
     def evaluate_work(runtime: SiteRuntime, site: str, msg: Message):
         state = record_to_state(msg.content["arrays"])
-        return site_reply(site, metrics=runtime.evaluate(site, state))
+        metrics = runtime.evaluate(site, state)
+        metrics["model_loads"] = float(runtime.fresh_model_loads())
+        return site_reply(site, metrics=metrics)
 
     def local_baseline_work(runtime: SiteRuntime, site: str, msg: Message):
         """Train alone from the initial adapter with the federation's compute, then test."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -125,3 +126,15 @@ def test_no_listener_beyond_loopback_during_the_simulation(run):
     _, _, wide, seen = run
     assert seen, "the monitor saw no listening socket at all: it did not observe the run"
     assert wide == []
+
+
+def test_sites_keep_the_base_model_loaded_across_rounds(run):
+    _, result, _, _ = run
+    rounds = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").open()]
+    loads = [m["model_loads"] for r in rounds for phase in ("train", "evaluate")
+             for m in r[phase].values()]
+    assert len(loads) == 14  # 2 rounds x (3 sites training + 4 evaluating)
+    # One load per simulation worker process (at most one per CPU), never one per round.
+    assert 1 <= sum(loads) <= min(os.cpu_count() or 1, 3)
+    assert sum(m["model_loads"] for phase in ("train", "evaluate")
+               for m in rounds[-1][phase].values()) == 0
