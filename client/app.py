@@ -16,12 +16,16 @@ import torch
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from common.audit import AuditLog
+from common.channel import SiteChannel
 from common.config import FedsiloConfig
 from common.data import SiteDataError, load_silo
+from common.egress import EgressPolicy, tensor_spec
 from common.federation import federation_labels, silo_dir, site_seed
+from common.keys import load_identity, load_public
 from common.model import SiteModel, build_site_model
 from common.training import EncodedSplit, encode_split, evaluate, train_local
-from common.wire import record_to_state, site_error, site_reply
+from common.wire import site_error
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +39,7 @@ class SiteRuntime:
         self._model: SiteModel | None = None
         self._splits: dict[tuple[str, str], EncodedSplit] = {}
         self.loads_reported = 0  # model loads already reported in a reply
+        self._policy: EgressPolicy | None = None
 
     @property
     def model(self) -> SiteModel:
@@ -61,6 +66,25 @@ class SiteRuntime:
                 self.model.tokenizer, data.texts, data.labels, self.cfg.model.max_length
             )
         return self._splits[key]
+
+    def egress_policy(self) -> EgressPolicy:
+        """The site's declaration: exactly its own adapter's tensors, the allowed metrics."""
+        if self._policy is None:
+            self._policy = EgressPolicy(tensors=tensor_spec(self.model.adapter_state()))
+        return self._policy
+
+    def channel(self, site: str, audit: AuditLog | None) -> SiteChannel:
+        security = self.cfg.security
+        if not security.enabled:
+            return SiteChannel(site, None, None, guard=self.egress_policy(), audit=None)
+        keys_dir = Path(security.keys_dir)
+        return SiteChannel(
+            site,
+            identity=load_identity(keys_dir / f"{site}.key"),
+            coordinator=load_public(keys_dir / "coordinator.pub.json"),
+            guard=self.egress_policy(),
+            audit=audit,
+        )
 
     def fresh_model_loads(self) -> int:
         """1 the first time a reply asks after the model was loaded in this process, else 0."""
@@ -120,46 +144,62 @@ def _failure_reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _site_audit(cfg: FedsiloConfig, site: str) -> AuditLog | None:
+    """The site's audit log, opened for one message (sites may move between processes)."""
+    if not cfg.security.enabled or cfg.security.audit_dir is None:
+        return None
+    return AuditLog(Path(cfg.security.audit_dir) / f"{site}.jsonl")
+
+
 def make_client_app(cfg: FedsiloConfig) -> ClientApp:
     """A ClientApp serving every site of ``cfg`` (one per simulated or deployed node)."""
     app = ClientApp()
 
     def handle(msg: Message, context: Context, work) -> Message:
-        site = "unknown"
+        site, audit = "unknown", None
         try:
             site = site_of(cfg, context)
-            content = work(runtime_for(cfg), site, msg)
+            audit = _site_audit(cfg, site)
+            runtime = runtime_for(cfg)
+            channel = runtime.channel(site, audit)
+            round_number = int(msg.content["config"]["round"])
+            run_id = str(context.run_id)
+            state = channel.open_global(msg.content["global"], run_id, round_number)
+            tensors, metrics = work(runtime, site, msg, state, round_number)
+            content = channel.pack_reply(tensors, metrics, run_id, round_number)
         except Exception as exc:  # a site's failure is reported, never raised into Flower
             reason = _failure_reason(exc)
-            log.warning("site %s: %s", site, reason)
+            log.warning("site %s: %s", site, exc)
+            if audit is not None:
+                audit.append("message", peer="coordinator", direction="sent", size_bytes=0,
+                             payload_digest="", decision="error", reason=reason)
             content = site_error(site, reason)
+        finally:
+            if audit is not None:
+                audit.close()
         return Message(content=content, reply_to=msg)
 
-    def train_work(runtime: SiteRuntime, site: str, msg: Message):
-        round_number = int(msg.content["config"]["round"])
-        state = record_to_state(msg.content["arrays"])
+    def train_work(runtime: SiteRuntime, site: str, msg: Message, state, round_number: int):
         seed = site_seed(cfg.seed, site, round_number)
         new_state, metrics = runtime.train(site, state, cfg.train.local_epochs, seed)
         metrics["model_loads"] = float(runtime.fresh_model_loads())
         log.info("site %s round %s: trained on %d examples, loss %.4f in %.1f s", site,
                  round_number, int(metrics["num_examples"]), metrics["train_loss"],
                  metrics["train_time_s"])
-        return site_reply(site, state=new_state, metrics=metrics)
+        return new_state, metrics
 
-    def evaluate_work(runtime: SiteRuntime, site: str, msg: Message):
-        state = record_to_state(msg.content["arrays"])
+    def evaluate_work(runtime: SiteRuntime, site: str, msg: Message, state, round_number: int):
         metrics = runtime.evaluate(site, state)
         metrics["model_loads"] = float(runtime.fresh_model_loads())
-        return site_reply(site, metrics=metrics)
+        return None, metrics
 
-    def local_baseline_work(runtime: SiteRuntime, site: str, msg: Message):
+    def local_baseline_work(runtime: SiteRuntime, site: str, msg: Message, state, _round: int):
         """Train alone from the initial adapter with the federation's compute, then test."""
         epochs = int(msg.content["config"]["epochs"])
-        state = record_to_state(msg.content["arrays"])
         trained, metrics = runtime.train(site, state, epochs, site_seed(cfg.seed, site, 0))
         result = runtime.evaluate(site, trained)
         result["train_time_s"] = metrics["train_time_s"]
-        return site_reply(site, metrics=result)
+        return None, result
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

@@ -24,6 +24,10 @@ app = typer.Typer(
 data_app = typer.Typer(help="Prepare and check data silos.", no_args_is_help=True)
 model_app = typer.Typer(help="Base model tools.", no_args_is_help=True)
 config_app = typer.Typer(help="Inspect configuration.", no_args_is_help=True)
+keys_app = typer.Typer(help="Identities of sites and the coordinator.", no_args_is_help=True)
+audit_app = typer.Typer(help="Tamper-evident audit logs.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(audit_app, name="audit")
 app.add_typer(data_app, name="data")
 app.add_typer(model_app, name="model")
 app.add_typer(config_app, name="config")
@@ -44,7 +48,7 @@ VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Show Flowe
 def _setup_logging(verbose: bool) -> None:
     handler = RichHandler(console=err_console, show_path=False, rich_tracebacks=False)
     logging.basicConfig(level=logging.INFO, handlers=[handler], format="%(message)s", force=True)
-    quiet = logging.INFO if verbose else logging.WARNING
+    quiet = logging.INFO if verbose else logging.ERROR
     for name in ("flwr", "ray", "transformers", "peft", "httpx", "huggingface_hub"):
         logging.getLogger(name).setLevel(quiet)
 
@@ -227,6 +231,44 @@ def config_show(config: ConfigOption = None, set_: SetOption = None) -> None:
     for key, default, description in reference_rows():
         view.add_row(key, repr(default), description)
     console.print(view)
+
+
+@keys_app.command("init")
+def keys_init(
+    name: Annotated[str, typer.Argument(help="Site id (e.g. 'de') or 'coordinator'.")],
+    out: Annotated[Path, typer.Option(help="Folder for the key files.")] = Path("keys"),
+    kem: Annotated[str, typer.Option(help="x25519 or mlkem768-x25519.")] = "x25519",
+    force: Annotated[bool, typer.Option(help="Replace existing key files.")] = False,
+) -> None:
+    """Create an HPKE (encryption) and Ed25519 (signing) identity; private file is 0600."""
+    from common.keys import KeyFileError, generate_identity, save_identity
+
+    try:
+        identity = generate_identity(name, kem=kem)
+        private, public = save_identity(identity, out, overwrite=force)
+    except (KeyFileError, ValueError, FileExistsError) as exc:
+        _fail(str(exc))
+    console.print(f"private key: {private} (mode 0600; never leaves this machine)")
+    console.print(f"public key:  {public} (send this file to the coordinator to enroll)")
+    console.print(f"fingerprint: {identity.public().fingerprint()}")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    log_path: Annotated[Path, typer.Argument(metavar="LOG", help="An audit log (JSONL).")],
+    head: Annotated[
+        Optional[str], typer.Option(help="Expected digest of the last entry, if recorded.")
+    ] = None,
+) -> None:
+    """Check a hash-chained audit log; names the first bad line."""
+    from common.audit import verify_log
+
+    if not log_path.is_file():
+        _fail(f"{log_path}: no such audit log")
+    verdict = verify_log(log_path, expected_head=head)
+    if not verdict.ok:
+        _fail(f"{log_path}: line {verdict.first_bad_line}: {verdict.reason}", code=1)
+    console.print(f"ok: {verdict.entries} entries, chain intact")
 
 
 @app.command()

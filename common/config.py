@@ -135,6 +135,36 @@ class StrategyConfig(_Section):
         return name
 
 
+class SecurityConfig(_Section):
+    enabled: bool = Field(
+        default=True,
+        description="Sign the global adapter; sign and HPKE-encrypt every site reply; audit "
+        "logs. Turning it off is for benchmarking only and warns loudly.",
+    )
+    kem: Literal["x25519", "mlkem768-x25519"] = Field(
+        default="x25519",
+        description="HPKE KEM for updates (HKDF-SHA256, AES-256-GCM): X25519, or the "
+        "post-quantum hybrid ML-KEM-768 + X25519.",
+    )
+    max_update_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024, description="Largest accepted sealed update."
+    )
+    max_update_norm: float = Field(
+        default=1000.0,
+        gt=0,
+        description="Largest accepted L2 norm of a site's change to the global adapter.",
+    )
+    keys_dir: Path | None = Field(
+        default=None,
+        description="Folder of identity files (<name>.key, <name>.pub.json). Simulation: "
+        "generated in the run directory.",
+    )
+    audit_dir: Path | None = Field(
+        default=None,
+        description="Folder of the audit logs. Simulation: the run directory's audit/.",
+    )
+
+
 class SimulationConfig(_Section):
     num_cpus: int | None = Field(
         default=None, ge=1, description="CPUs Flower's simulation engine may use (default: all)."
@@ -159,6 +189,7 @@ class FedsiloConfig(_Section):
     lora: LoraSettings = Field(default_factory=LoraSettings)
     train: TrainConfig = Field(default_factory=TrainConfig)
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 

@@ -13,7 +13,10 @@ from common.config import FedsiloConfig
 from common.federation import federation_labels
 from common.model import SiteModel, build_site_model, save_adapter
 from common.wire import AdapterState, record_to_state, state_to_record
-from server.coordinator import Coordinator, RoundObserver, RoundRecord, run_local_baseline
+from common.audit import AuditLog
+from common.channel import CoordinatorChannel
+from server.coordinator import Coordinator, RoundObserver, RoundRecord
+from server.enrollment import COORDINATOR, coordinator_identity, enrolled_sites
 from server.report import append_jsonl
 from strategies import create_strategy
 
@@ -70,9 +73,32 @@ def make_server_app(
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        coordinate(cfg, grid, run_dir, outcome, RunRecorder(run_dir, outcome, display))
+        recorder = RunRecorder(run_dir, outcome, display)
+        channel = coordinator_channel(cfg, str(context.run_id))
+        try:
+            coordinate(cfg, grid, run_dir, outcome, recorder, channel)
+        finally:
+            if channel.audit is not None:
+                channel.audit.close()
 
     return app
+
+
+def coordinator_channel(cfg: FedsiloConfig, run_id: str) -> CoordinatorChannel:
+    """Sealed with the coordinator's identity and the enrolled sites, unless security is off."""
+    security = cfg.security
+    if not security.enabled:
+        return CoordinatorChannel(run_id=run_id, identity=None, registry={},
+                                  max_update_bytes=security.max_update_bytes)
+    keys_dir = Path(security.keys_dir)
+    audit = AuditLog(Path(security.audit_dir) / f"{COORDINATOR}.jsonl")
+    return CoordinatorChannel(
+        run_id=run_id,
+        identity=coordinator_identity(keys_dir),
+        registry=enrolled_sites(keys_dir, cfg.site_ids()),
+        max_update_bytes=security.max_update_bytes,
+        audit=audit,
+    )
 
 
 def coordinate(
@@ -81,6 +107,7 @@ def coordinate(
     run_dir: Path,
     outcome: CoordinatorOutcome,
     recorder: RoundObserver,
+    channel: CoordinatorChannel,
 ) -> None:
     """Run the federated rounds, save the global adapter, then the local-only baseline."""
     labels = federation_labels(cfg)
@@ -89,8 +116,10 @@ def coordinate(
 
     coordinator = Coordinator(
         strategy=create_strategy(cfg.strategy.name),
+        channel=channel,
         site_ids=cfg.site_ids(),
         min_sites=cfg.federation.min_sites,
+        max_update_norm=cfg.security.max_update_norm,
         observer=recorder,
     )
     result = coordinator.start(
@@ -108,6 +137,6 @@ def coordinate(
     if cfg.simulation.baselines:
         recorder.phase(cfg.federation.rounds, "local-only baseline")
         epochs = cfg.federation.rounds * cfg.train.local_epochs
-        outcome.local, outcome.local_failures = run_local_baseline(
-            grid, cfg.site_ids(), outcome.initial_state, epochs, cfg.federation.round_timeout_s
+        outcome.local, outcome.local_failures = coordinator.run_local_baseline(
+            grid, outcome.initial_state, epochs, cfg.federation.round_timeout_s
         )

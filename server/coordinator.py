@@ -17,8 +17,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy as FlowerStrategy
 
-from common.wire import STATUS_OK, AdapterState, record_to_state, state_to_record
-from server.validation import UpdateRejected, validate_update
+from common.channel import ChannelRejected, CoordinatorChannel
+from common.wire import STATUS_OK, AdapterState, state_to_record
+from server.validation import UpdateRejected, update_norm, validate_update
 from strategies import SiteUpdate, Strategy
 
 log = logging.getLogger(__name__)
@@ -78,11 +79,15 @@ class Coordinator(FlowerStrategy):
         self,
         *,
         strategy: Strategy,
+        channel: CoordinatorChannel,
         site_ids: list[str],
         min_sites: int,
+        max_update_norm: float = float("inf"),
         observer: RoundObserver | None = None,
     ) -> None:
         self.strategy = strategy
+        self.channel = channel
+        self.max_update_norm = max_update_norm
         self.site_ids = site_ids
         self.min_sites = min_sites
         self.observer = observer or RoundObserver()
@@ -92,12 +97,17 @@ class Coordinator(FlowerStrategy):
     # Messages out
 
     def _messages(
-        self, grid: Grid, arrays: ArrayRecord, config: ConfigRecord, message_type: str
+        self, grid: Grid, arrays: ArrayRecord, config: ConfigRecord, round_number: int,
+        message_type: str, state: AdapterState | None = None,
     ) -> list[Message]:
         nodes = wait_for_nodes(grid, len(self.site_ids))
+        if state is None:
+            state = {name: array.numpy() for name, array in arrays.items()}
+        global_record = self.channel.pack_global(state, round_number)
+        round_config = ConfigRecord({**dict(config), "round": round_number})
         return [
             Message(
-                content=RecordDict({"arrays": arrays, "config": config}),
+                content=RecordDict({"global": global_record, "config": round_config}),
                 message_type=message_type,
                 dst_node_id=node,
             )
@@ -108,17 +118,26 @@ class Coordinator(FlowerStrategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self.rounds[server_round] = RoundRecord(round=server_round)
-        self.global_state = record_to_state(arrays)
+        self.global_state = {name: array.numpy() for name, array in arrays.items()}
         self.observer.phase(server_round, "train")
-        round_config = ConfigRecord({**dict(config), "round": server_round})
-        return self._messages(grid, arrays, round_config, MessageType.TRAIN)
+        return self._messages(grid, arrays, config, server_round, MessageType.TRAIN)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self.observer.phase(server_round, "evaluate")
-        round_config = ConfigRecord({**dict(config), "round": server_round})
-        return self._messages(grid, arrays, round_config, MessageType.EVALUATE)
+        return self._messages(grid, arrays, config, server_round, MessageType.EVALUATE)
+
+    def _open(self, reply: Message, round_number: int) -> tuple[str, dict, dict]:
+        """(site, tensors, metrics) of a reply; raises UpdateRejected with the reason."""
+        site, failure = reply_site(reply)
+        if failure is not None:
+            raise UpdateRejected(failure, site)
+        try:
+            state, metrics = self.channel.open_reply(site, reply.content, round_number)
+        except ChannelRejected as exc:
+            raise UpdateRejected(str(exc), site) from None
+        return site, state, metrics
 
     # Replies in
 
@@ -128,18 +147,22 @@ class Coordinator(FlowerStrategy):
         record = self.rounds[server_round]
         updates: list[SiteUpdate] = []
         for reply in replies:
-            site, failure = reply_site(reply)
-            if failure is None:
-                try:
-                    update = validate_update(site, reply.content, self.global_state)
-                except UpdateRejected as exc:
-                    failure = str(exc)
-            if failure is not None:
-                record.excluded[site] = failure
-                log.warning("round %s: site %s left out: %s", server_round, site, failure)
+            try:
+                site, state, metrics = self._open(reply, server_round)
+                if site in record.train:
+                    raise UpdateRejected("a second update in the same round", site)
+                update = validate_update(
+                    site, state, metrics, self.global_state, self.max_update_norm
+                )
+            except UpdateRejected as exc:
+                site = exc.site or site
+                record.excluded[site] = str(exc)
+                self.channel.note_rejection(site, server_round, str(exc))
+                log.warning("round %s: site %s left out: %s", server_round, site, exc)
                 continue
             updates.append(update)
-            record.train[site] = dict(reply.content["metrics"])
+            metrics["update_norm"] = update_norm(update.state, self.global_state)
+            record.train[site] = metrics
 
         if len(updates) < self.min_sites:
             log.warning(
@@ -160,12 +183,14 @@ class Coordinator(FlowerStrategy):
     ) -> MetricRecord | None:
         record = self.rounds[server_round]
         for reply in replies:
-            site, failure = reply_site(reply)
-            if failure is not None:
-                record.excluded.setdefault(site, failure)
-                log.warning("round %s: site %s did not evaluate: %s", server_round, site, failure)
+            try:
+                site, _, metrics = self._open(reply, server_round)
+            except UpdateRejected as exc:
+                record.excluded.setdefault(exc.site, str(exc))
+                log.warning("round %s: site %s did not evaluate: %s", server_round, exc.site,
+                            exc)
                 continue
-            record.evaluate[site] = dict(reply.content["metrics"])
+            record.evaluate[site] = metrics
         record.wall_s = time.perf_counter() - record.started
         self.observer.round_done(record)
         if not record.evaluate:
@@ -180,23 +205,20 @@ class Coordinator(FlowerStrategy):
                  self.strategy.name, self.min_sites)
 
 
-def run_local_baseline(
-    grid: Grid, site_ids: list[str], initial: AdapterState, epochs: int, timeout_s: float
-) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
-    """Ask every site to train alone for ``epochs`` from ``initial`` and report test metrics."""
-    nodes = wait_for_nodes(grid, len(site_ids))
-    content = RecordDict(
-        {"arrays": state_to_record(initial), "config": ConfigRecord({"epochs": epochs})}
-    )
-    messages = [
-        Message(content=content, message_type=MessageType.QUERY, dst_node_id=node)
-        for node in nodes
-    ]
-    results, failures = {}, {}
-    for reply in grid.send_and_receive(messages, timeout=timeout_s):
-        site, failure = reply_site(reply)
-        if failure is not None:
-            failures[site] = failure
-        else:
-            results[site] = dict(reply.content["metrics"])
-    return results, failures
+    def run_local_baseline(
+        self, grid: Grid, initial: AdapterState, epochs: int, timeout_s: float
+    ) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+        """Ask every site to train alone for ``epochs`` from ``initial``; its test metrics."""
+        config = ConfigRecord({"epochs": epochs})
+        messages = self._messages(
+            grid, ArrayRecord(array_dict={}), config, 0, MessageType.QUERY, state=initial
+        )
+        results, failures = {}, {}
+        for reply in grid.send_and_receive(messages, timeout=timeout_s):
+            try:
+                site, _, metrics = self._open(reply, 0)
+            except UpdateRejected as exc:
+                failures[exc.site] = str(exc)
+                continue
+            results[site] = metrics
+        return results, failures

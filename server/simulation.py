@@ -22,6 +22,7 @@ from common.offline import apply_offline_switches, hub_offline_from_now
 from common.offline_model import resolve_model_source
 from common.training import StepCallback, concat_splits, encode_split, evaluate, train_local
 from server.coordinator import RoundObserver
+from server.enrollment import provision_simulation_keys
 from server.report import ResultTable, atomic_write, build_table, create_run_dir
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,21 @@ def ensure_default_silos(cfg: FedsiloConfig) -> None:
         return
     log.info("preparing default silos in %s", root)
     prepare_silos(root, seed=cfg.data.seed)
+
+
+def secure_simulation(cfg: FedsiloConfig, run_dir: Path) -> FedsiloConfig:
+    """Generate every party's keys in the run directory and point the config at them."""
+    if not cfg.security.enabled:
+        log.warning(
+            "SECURITY IS OFF: updates travel unencrypted and unsigned and no audit log is "
+            "kept. Use security.enabled=false for benchmarking only, never with real data."
+        )
+        return cfg
+    keys_dir, audit_dir = run_dir / "keys", run_dir / "audit"
+    provision_simulation_keys(keys_dir, cfg.site_ids(), cfg.security.kem)
+    audit_dir.mkdir(exist_ok=True)
+    security = cfg.security.model_copy(update={"keys_dir": keys_dir, "audit_dir": audit_dir})
+    return cfg.model_copy(update={"security": security})
 
 
 def backend_config(cfg: FedsiloConfig) -> dict:
@@ -130,6 +146,7 @@ def simulate(
     labels = federation_labels(cfg)
     run_dir = create_run_dir(cfg)
     log.info("run directory %s", run_dir)
+    cfg = secure_simulation(cfg, run_dir)
 
     outcome = CoordinatorOutcome()
     server_app = make_server_app(cfg, run_dir, outcome, display or RoundObserver())

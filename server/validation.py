@@ -3,21 +3,37 @@
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import RecordDict
-
-from common.wire import AdapterState, record_to_state
+from common.wire import AdapterState
 from strategies import SiteUpdate
 
 
 class UpdateRejected(ValueError):
-    """An update that is left out of aggregation, with the reason."""
+    """An update that is left out of aggregation, with the reason (and the site if known)."""
+
+    def __init__(self, reason: str, site: str = "") -> None:
+        super().__init__(reason)
+        self.site = site
 
 
-def validate_update(site: str, content: RecordDict, expected: AdapterState) -> SiteUpdate:
-    """Turn a reply into a ``SiteUpdate`` if its tensors match the global adapter exactly."""
-    if "arrays" not in content.array_records:
+def update_norm(state: AdapterState, reference: AdapterState) -> float:
+    """L2 norm of the change from ``reference`` over all tensors."""
+    total = 0.0
+    for name, value in state.items():
+        delta = value.astype(np.float64) - reference[name].astype(np.float64)
+        total += float(np.sum(delta * delta))
+    return total**0.5
+
+
+def validate_update(
+    site: str,
+    state: AdapterState,
+    metrics: dict[str, float],
+    expected: AdapterState,
+    max_norm: float = float("inf"),
+) -> SiteUpdate:
+    """A ``SiteUpdate`` if the tensors match the global adapter and the change is bounded."""
+    if not state:
         raise UpdateRejected("reply carries no adapter tensors")
-    state = record_to_state(content["arrays"])
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
@@ -35,7 +51,11 @@ def validate_update(site: str, content: RecordDict, expected: AdapterState) -> S
         if not np.all(np.isfinite(value)):
             raise UpdateRejected(f"{name}: contains NaN or Inf")
 
-    metrics = content.metric_records.get("metrics", {})
+    norm = update_norm(state, expected)
+    if norm > max_norm:
+        raise UpdateRejected(
+            f"update norm {norm:.4g} exceeds security.max_update_norm={max_norm:.4g}"
+        )
     num_examples = int(metrics.get("num_examples", 0))
     if num_examples <= 0:
         raise UpdateRejected("num_examples missing or not positive")

@@ -34,3 +34,29 @@ def test_data_check_fails_on_a_broken_file(silo_root, tmp_path):
                                  "--set", f"data.silo_root={silo_root}"])
     assert result.exit_code == 1
     assert "test.jsonl" in result.output and "label" in result.output
+
+
+def test_keys_init_writes_an_owner_only_private_key_and_a_public_file(tmp_path):
+    result = runner.invoke(app, ["keys", "init", "de", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "de.key").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "de.pub.json").exists()
+    again = runner.invoke(app, ["keys", "init", "de", "--out", str(tmp_path)])
+    assert again.exit_code == 2
+
+
+def test_audit_verify_passes_untouched_and_names_the_edited_line(tmp_path):
+    from common.audit import AuditLog
+
+    path = tmp_path / "site.jsonl"
+    with AuditLog(path) as log:
+        for round_number in (1, 2, 3):
+            log.append("message", round=round_number, peer="coordinator", decision="sealed")
+    assert runner.invoke(app, ["audit", "verify", str(path)]).exit_code == 0
+
+    lines = path.read_text().splitlines()
+    lines[1] = lines[1].replace('"round":2', '"round":5')
+    path.write_text("\n".join(lines) + "\n")
+    result = runner.invoke(app, ["audit", "verify", str(path)])
+    assert result.exit_code == 1
+    assert "line 2" in result.output

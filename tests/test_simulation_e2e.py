@@ -138,3 +138,23 @@ def test_sites_keep_the_base_model_loaded_across_rounds(run):
     assert 1 <= sum(loads) <= min(os.cpu_count() or 1, 3)
     assert sum(m["model_loads"] for phase in ("train", "evaluate")
                for m in rounds[-1][phase].values()) == 0
+
+
+def test_every_party_keeps_an_intact_audit_log_of_sealed_messages(run):
+    from common.audit import verify_log
+
+    _, result, _, _ = run
+    logs = {p.stem: p for p in (result.run_dir / "audit").glob("*.jsonl")}
+    assert set(logs) == {"coordinator", "de", "fr", "id", "xx"}
+    assert all(verify_log(path).ok for path in logs.values())
+    site_entries = [json.loads(line) for line in logs["de"].read_text().splitlines()]
+    assert {"sealed", "accepted"} <= {e["decision"] for e in site_entries}
+    broken = [json.loads(line) for line in logs["xx"].read_text().splitlines()]
+    assert any(e["decision"] == "error" and "UTF-8" in e["reason"] for e in broken)
+
+
+def test_private_keys_in_the_run_directory_are_owner_only(run):
+    _, result, _, _ = run
+    keys = list((result.run_dir / "keys").glob("*.key"))
+    assert len(keys) == 5
+    assert all(path.stat().st_mode & 0o077 == 0 for path in keys)

@@ -1,0 +1,43 @@
+"""Identities of the coordinator and the enrolled sites."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from common.keys import (
+    Identity,
+    PublicIdentity,
+    generate_identity,
+    load_identity,
+    load_registry,
+    save_identity,
+)
+
+log = logging.getLogger(__name__)
+
+COORDINATOR = "coordinator"
+
+
+def provision_simulation_keys(keys_dir: Path, site_ids: list[str], kem: str) -> None:
+    """Generate the coordinator's and every virtual site's identity in ``keys_dir``."""
+    keys_dir.mkdir(parents=True, exist_ok=True)
+    keys_dir.chmod(0o700)
+    for name in [COORDINATOR, *site_ids]:
+        save_identity(generate_identity(name, kem=kem), keys_dir)
+    log.info("generated %d identities (%s) in %s", len(site_ids) + 1, kem, keys_dir)
+
+
+def coordinator_identity(keys_dir: Path) -> Identity:
+    return load_identity(keys_dir / f"{COORDINATOR}.key")
+
+
+def enrolled_sites(keys_dir: Path, site_ids: list[str]) -> dict[str, PublicIdentity]:
+    """The registry: each configured site's public identity file in ``keys_dir``."""
+    missing = [s for s in site_ids if not (keys_dir / f"{s}.pub.json").exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"{keys_dir}: no public key for sites {missing}; enroll them with their "
+            "exported <site>.pub.json"
+        )
+    return load_registry([keys_dir / f"{s}.pub.json" for s in site_ids])
