@@ -40,7 +40,7 @@ class FederationConfig(_Section):
         description="The sites of the federation, one per country. Strings are accepted as "
         "site ids of the default corpus."
     )
-    rounds: int = Field(default=5, ge=1, le=1000, description="Federated rounds.")
+    rounds: int = Field(default=8, ge=1, le=1000, description="Federated rounds.")
     min_sites: int = Field(
         default=1,
         ge=1,
@@ -113,7 +113,7 @@ class LoraSettings(_Section):
 
 class TrainConfig(_Section):
     local_epochs: int = Field(default=1, ge=1, le=100, description="Epochs per round at a site.")
-    batch_size: int = Field(default=16, ge=1, le=4096, description="Training batch size.")
+    batch_size: int = Field(default=8, ge=1, le=4096, description="Training batch size.")
     learning_rate: float = Field(default=1e-3, gt=0, lt=1, description="AdamW learning rate.")
     weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
     eval_batch_size: int = Field(default=64, ge=1, le=4096, description="Evaluation batch size.")
