@@ -74,18 +74,22 @@ def tiny_model_dir(tmp_path_factory, silo_root) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"), _corpus_lines(silo_root))
 
 
-@pytest.fixture
-def tiny_overrides(silo_root, tiny_model_dir, tmp_path) -> list[str]:
+def tiny_settings(silo_root: Path, model_dir: Path, runs_dir: Path) -> list[str]:
     """``--set`` overrides that turn the default config into a fast 3-site federation."""
     return [
         f"federation.sites=[{', '.join(TINY_SITES)}]",
         "federation.rounds=2",
         f"data.silo_root={silo_root}",
-        f"model.name={tiny_model_dir}",
+        f"model.name={model_dir}",
         "model.source=local",
         "model.max_length=32",
         "lora.r=4",
         "train.batch_size=32",
         "train.learning_rate=0.005",
-        f"output.runs_dir={tmp_path / 'runs'}",
+        f"output.runs_dir={runs_dir}",
     ]
+
+
+@pytest.fixture
+def tiny_overrides(silo_root, tiny_model_dir, tmp_path) -> list[str]:
+    return tiny_settings(silo_root, tiny_model_dir, tmp_path / "runs")

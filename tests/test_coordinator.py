@@ -2,19 +2,19 @@ import numpy as np
 import pytest
 from flwr.app import Message, MessageType, RecordDict
 
-from common.wire import site_error, site_reply, state_to_record
+from common.wire import site_error, state_to_record
 from server.coordinator import reply_site
 from server.validation import UpdateRejected, validate_update
 
 GLOBAL = {"a.lora_A": np.zeros((4, 8), np.float32), "head.weight": np.zeros((3, 8), np.float32)}
 
 
-def _content(state, n=10):
-    return site_reply("de", state=state, metrics={"num_examples": n, "train_loss": 1.0})
+def _metrics(n=10):
+    return {"num_examples": n, "train_loss": 1.0}
 
 
 def test_a_matching_update_is_accepted_with_its_example_count():
-    update = validate_update("de", _content({k: v + 1 for k, v in GLOBAL.items()}, 12), GLOBAL)
+    update = validate_update("de", {k: v + 1 for k, v in GLOBAL.items()}, _metrics(12), GLOBAL)
     assert update.site == "de" and update.num_examples == 12
     np.testing.assert_array_equal(update.state["a.lora_A"], np.ones((4, 8), np.float32))
 
@@ -22,25 +22,30 @@ def test_a_matching_update_is_accepted_with_its_example_count():
 def test_wrong_shape_is_rejected_naming_the_tensor():
     bad = dict(GLOBAL, **{"a.lora_A": np.zeros((4, 9), np.float32)})
     with pytest.raises(UpdateRejected, match=r"a\.lora_A: got float32\[4, 9\], expected"):
-        validate_update("de", _content(bad), GLOBAL)
+        validate_update("de", bad, _metrics(), GLOBAL)
 
 
 def test_nan_is_rejected():
     bad = dict(GLOBAL, **{"head.weight": np.full((3, 8), np.nan, np.float32)})
     with pytest.raises(UpdateRejected, match="NaN or Inf"):
-        validate_update("de", _content(bad), GLOBAL)
+        validate_update("de", bad, _metrics(), GLOBAL)
 
 
 def test_extra_tensor_is_rejected():
     bad = dict(GLOBAL, extra=np.zeros(2, np.float32))
     with pytest.raises(UpdateRejected, match="unexpected"):
-        validate_update("de", _content(bad), GLOBAL)
+        validate_update("de", bad, _metrics(), GLOBAL)
 
 
 def test_missing_example_count_is_rejected():
-    content = site_reply("de", state=GLOBAL, metrics={})
     with pytest.raises(UpdateRejected, match="num_examples"):
-        validate_update("de", content, GLOBAL)
+        validate_update("de", GLOBAL, {}, GLOBAL)
+
+
+def test_update_norm_above_the_bound_is_rejected_with_the_norm():
+    scaled = {k: v + 1000.0 for k, v in GLOBAL.items()}
+    with pytest.raises(UpdateRejected, match="update norm 7483 exceeds security.max_update_norm=100"):
+        validate_update("de", scaled, _metrics(), GLOBAL, max_norm=100.0)
 
 
 def test_error_reply_carries_site_and_reason():

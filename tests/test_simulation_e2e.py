@@ -20,6 +20,7 @@ import torch
 from common.config import load_config
 from common.model import load_for_inference
 from server.simulation import simulate
+from tests.conftest import tiny_settings
 
 pytestmark = pytest.mark.e2e
 
@@ -55,20 +56,9 @@ def run(silo_root, tiny_model_dir, tmp_path_factory):
     lines[BROKEN_LINE - 1] = b'{"text": "caf\xe9 \xff", "label": "greetings"}'
     (broken / "train.jsonl").write_bytes(b"\n".join(lines))
 
-    runs = tmp_path_factory.mktemp("runs")
-    cfg = load_config(overrides=[
-        "federation.sites=[de, fr, id, {id: xx, silo: '%s'}]" % broken,
-        "federation.rounds=2",
-        f"data.silo_root={silo_root}",
-        f"model.name={tiny_model_dir}",
-        "model.source=local",
-        "model.max_length=32",
-        "lora.r=4",
-        "train.batch_size=32",
-        "train.learning_rate=0.005",
-        "simulation.baselines=true",
-        f"output.runs_dir={runs}",
-    ])
+    sites = "federation.sites=[de, fr, id, {id: xx, silo: '%s'}]" % broken
+    settings = tiny_settings(silo_root, tiny_model_dir, tmp_path_factory.mktemp("runs"))
+    cfg = load_config(overrides=[*settings, sites, "simulation.baselines=true"])
     stop, wide, seen = threading.Event(), [], []
     monitor = threading.Thread(target=_listening_beyond_loopback, args=(stop, wide, seen))
     monitor.start()
