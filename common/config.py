@@ -33,6 +33,11 @@ class SiteSpec(_Section):
         description="Directory holding the site's train/validation/test files. "
         "Default: the prepared chatterbot silo of this country.",
     )
+    public_key: Path | None = Field(
+        default=None,
+        description="The site's enrolled public identity (<site>.pub.json from `fedsilo keys "
+        "init`). Default: <security.keys_dir>/<site>.pub.json.",
+    )
 
 
 class FederationConfig(_Section):

@@ -95,7 +95,7 @@ def coordinator_channel(cfg: FedsiloConfig, run_id: str) -> CoordinatorChannel:
     return CoordinatorChannel(
         run_id=run_id,
         identity=coordinator_identity(keys_dir),
-        registry=enrolled_sites(keys_dir, cfg.site_ids()),
+        registry=enrolled_sites(keys_dir, cfg.federation.sites),
         max_update_bytes=security.max_update_bytes,
         audit=audit,
     )

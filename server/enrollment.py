@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from common.config import SiteSpec
 from common.keys import (
     Identity,
     PublicIdentity,
@@ -32,12 +33,18 @@ def coordinator_identity(keys_dir: Path) -> Identity:
     return load_identity(keys_dir / f"{COORDINATOR}.key")
 
 
-def enrolled_sites(keys_dir: Path, site_ids: list[str]) -> dict[str, PublicIdentity]:
-    """The registry: each configured site's public identity file in ``keys_dir``."""
-    missing = [s for s in site_ids if not (keys_dir / f"{s}.pub.json").exists()]
+def enrolled_sites(keys_dir: Path, sites: list[SiteSpec]) -> dict[str, PublicIdentity]:
+    """The registry: each configured site's public identity, as enrolled in the config."""
+    paths = {s.id: Path(s.public_key or keys_dir / f"{s.id}.pub.json") for s in sites}
+    missing = {site: str(path) for site, path in paths.items() if not path.exists()}
     if missing:
         raise FileNotFoundError(
-            f"{keys_dir}: no public key for sites {missing}; enroll them with their "
-            "exported <site>.pub.json"
+            f"no public key for sites {missing}; enroll each site with the <site>.pub.json "
+            "it exported (federation.sites[].public_key)"
         )
-    return load_registry([keys_dir / f"{s}.pub.json" for s in site_ids])
+    registry = load_registry(paths.values())
+    for site, identity in registry.items():
+        if site not in paths:
+            raise ValueError(f"public key file for a site named {site!r} is enrolled under "
+                             "another site id")
+    return registry
