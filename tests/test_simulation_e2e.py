@@ -148,3 +148,23 @@ def test_private_keys_in_the_run_directory_are_owner_only(run):
     keys = list((result.run_dir / "keys").glob("*.key"))
     assert len(keys) == 5
     assert all(path.stat().st_mode & 0o077 == 0 for path in keys)
+
+
+def test_a_run_where_no_site_can_train_exits_non_zero(silo_root, tiny_model_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from common.cli import app
+
+    empty = tmp_path / "empty-silo"
+    empty.mkdir()
+    for split in ("train", "validation", "test"):
+        (empty / f"{split}.jsonl").write_text("")
+    settings = tiny_settings(silo_root, tiny_model_dir, tmp_path / "runs")
+    args = ["simulate"]
+    for setting in [*settings, "federation.rounds=1",
+                    "federation.sites=[{id: de, silo: '%s'}]" % empty]:
+        args += ["--set", setting]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1
+    assert "no round had a usable update" in result.output
+    assert "train.jsonl" in result.output
