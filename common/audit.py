@@ -261,7 +261,8 @@ def _seq_problem(entry: dict[str, Any], number: int, previous: str) -> str | Non
     if entry["seq"] == number:
         return None
     if entry["seq"] > number:
-        return f"seq {entry['seq']} where {number} was expected: entries were removed before it"
+        return (f"seq {entry['seq']} where {number} was expected: entries were removed or "
+                "reordered before it")
     return f"seq {entry['seq']} where {number} was expected: entries were inserted or reordered"
 
 

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from common.config import ConfigError, FedsiloConfig, config_to_yaml, load_config, reference_rows
 
@@ -32,15 +33,18 @@ app.add_typer(data_app, name="data")
 app.add_typer(model_app, name="model")
 app.add_typer(config_app, name="config")
 
-console = Console(stderr=False)
-err_console = Console(stderr=True)
+# Markup off: paths, reasons and config values may hold "[...]" and must print as they are.
+console = Console(stderr=False, markup=False, highlight=False)
+err_console = Console(stderr=True, markup=False, highlight=False)
 
 ConfigOption = Annotated[
     Optional[Path], typer.Option("--config", "-c", help="YAML file overriding the default.")
 ]
 SetOption = Annotated[
     Optional[list[str]],
-    typer.Option("--set", "-s", help="Override one key, e.g. --set federation.rounds=5."),
+    typer.Option(
+        "--set", "-s", help="Override one config key (repeatable), e.g. --set train.batch_size=16."
+    ),
 ]
 VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Show Flower's logs.")]
 
@@ -49,12 +53,12 @@ def _setup_logging(verbose: bool) -> None:
     handler = RichHandler(console=err_console, show_path=False, rich_tracebacks=False)
     logging.basicConfig(level=logging.INFO, handlers=[handler], format="%(message)s", force=True)
     quiet = logging.INFO if verbose else logging.ERROR
-    for name in ("flwr", "ray", "transformers", "peft", "httpx", "huggingface_hub"):
+    for name in ("flwr", "ray", "transformers", "peft", "httpx", "huggingface_hub", "alembic"):
         logging.getLogger(name).setLevel(quiet)
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {message}")
+    err_console.print(Text.assemble(("error: ", "bold red"), message))
     raise typer.Exit(code)
 
 
@@ -110,15 +114,16 @@ def _print_table(table, run_dir: Path) -> None:
     for arm in table.arms:
         view.add_column(ARM_TITLES[arm], justify="right")
     for row in table.rows:
-        view.add_row(row.site, str(row.num_test), *(f"{row.scores.get(a, float('nan')):.3f}"
-                                                     for a in table.arms))
+        site = row.site if row.trained else f"{row.site} (excluded)"
+        view.add_row(site, str(row.num_test), *(f"{row.scores.get(a, float('nan')):.3f}"
+                                                for a in table.arms))
     view.add_row("mean", "", *(f"{table.mean(a):.3f}" for a in table.arms), style="bold")
     view.add_row(
         "worst", "", *(f"{table.worst(a)[1]:.3f} ({table.worst(a)[0]})" for a in table.arms)
     )
     console.print(view)
     for site, reason in sorted(table.excluded.items()):
-        console.print(f"[yellow]excluded[/] {site}: {reason}")
+        console.print(Text.assemble(("excluded ", "yellow"), f"{site}: {reason}"))
     console.print(f"run directory: {run_dir}")
 
 
@@ -131,7 +136,11 @@ def simulate(
     ] = False,
     verbose: VerboseOption = False,
 ) -> None:
-    """Simulate the whole federation on this machine (Flower's simulation engine)."""
+    """Simulate the whole federation on this machine (Flower's simulation engine).
+
+    Writes runs/<time>-<name>/ (see output.runs_dir): config, per-round metrics, the global
+    PEFT adapter, audit logs and the per-country table.
+    """
     _setup_logging(verbose)
     overrides = list(set_ or []) + (["simulation.baselines=true"] if baselines else [])
     cfg = _load(config, overrides)
@@ -224,7 +233,7 @@ def model_convert(
 def config_show(config: ConfigOption = None, set_: SetOption = None) -> None:
     """Print the resolved configuration and the reference of every key."""
     cfg = _load(config, set_)
-    console.print(config_to_yaml(cfg), markup=False)
+    console.print(config_to_yaml(cfg))
     view = Table(title="configuration reference")
     for column in ("key", "default", "description"):
         view.add_column(column)
@@ -246,7 +255,9 @@ def keys_init(
     try:
         identity = generate_identity(name, kem=kem)
         private, public = save_identity(identity, out, overwrite=force)
-    except (KeyFileError, ValueError, FileExistsError) as exc:
+    except FileExistsError:
+        _fail(f"{out}: key files for {name!r} exist; use --force to replace them")
+    except (KeyFileError, ValueError) as exc:
         _fail(str(exc))
     console.print(f"private key: {private} (mode 0600; never leaves this machine)")
     console.print(f"public key:  {public} (send this file to the coordinator to enroll)")
@@ -261,14 +272,16 @@ def audit_verify(
     ] = None,
 ) -> None:
     """Check a hash-chained audit log; names the first bad line."""
-    from common.audit import verify_log
+    from common.audit import head_digest, verify_log
 
     if not log_path.is_file():
         _fail(f"{log_path}: no such audit log")
     verdict = verify_log(log_path, expected_head=head)
     if not verdict.ok:
-        _fail(f"{log_path}: line {verdict.first_bad_line}: {verdict.reason}", code=1)
+        where = f"line {verdict.first_bad_line}: " if verdict.first_bad_line else ""
+        _fail(f"{log_path}: {where}{verdict.reason}", code=1)
     console.print(f"ok: {verdict.entries} entries, chain intact")
+    console.print(f"head: {head_digest(log_path)} (record it to detect a truncated tail later)")
 
 
 @app.command()
@@ -288,15 +301,18 @@ def predict(
     from common.model import load_for_inference
     from common.offline_model import resolve_model_source
 
-    model, tokenizer, labels = load_for_inference(
-        adapter, resolve_model_source(cfg.model.name, cfg.model.source)
-    )
+    try:
+        model, tokenizer, labels = load_for_inference(
+            adapter, resolve_model_source(cfg.model.name, cfg.model.source)
+        )
+    except (FileNotFoundError, OSError, ValueError) as exc:
+        _fail(str(exc), code=1)
     with torch.no_grad():
         batch = tokenizer(texts, padding=True, truncation=True, max_length=cfg.model.max_length,
                           return_tensors="pt")
         predicted = model(**batch).logits.argmax(-1).tolist()
     for text, index in zip(texts, predicted):
-        console.print(f"{labels[index]}\t{text}", markup=False)
+        typer.echo(f"{labels[index]}\t{text}")
 
 
 def main() -> None:

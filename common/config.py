@@ -65,6 +65,19 @@ class FederationConfig(_Section):
 
     @field_validator("sites")
     @classmethod
+    def _known_corpus_countries(cls, sites: list[SiteSpec]) -> list[SiteSpec]:
+        from common.data import COUNTRY_LANGUAGES
+
+        unknown = [s.id for s in sites if s.silo is None and s.id not in COUNTRY_LANGUAGES]
+        if unknown:
+            raise ValueError(
+                f"sites {unknown} have no silo and are not countries of the default corpus "
+                f"({', '.join(sorted(COUNTRY_LANGUAGES))}); give them a silo directory"
+            )
+        return sites
+
+    @field_validator("sites")
+    @classmethod
     def _unique_sites(cls, sites: list[SiteSpec]) -> list[SiteSpec]:
         ids = [s.id for s in sites]
         if not ids:
@@ -204,11 +217,12 @@ class FedsiloConfig(_Section):
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from exc
-    try:
-        data = yaml.safe_load(text)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
@@ -286,6 +300,6 @@ def reference_rows(model: type[BaseModel] = FedsiloConfig, prefix: str = "") -> 
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             rows.extend(reference_rows(annotation, key + "."))
             continue
-        default = field.get_default(call_default_factory=True)
+        default = None if field.is_required() else field.get_default(call_default_factory=True)
         rows.append((key, default, field.description or ""))
     return rows

@@ -62,14 +62,17 @@ def lora_config(cfg: FedsiloConfig) -> LoraConfig:
     )
 
 
-def build_site_model(cfg: FedsiloConfig, labels: list[str]) -> SiteModel:
+def build_site_model(
+    cfg: FedsiloConfig, labels: list[str], source: str | Path | None = None
+) -> SiteModel:
     """Load the base model (hub, local folder or offline conversion) and wrap it in LoRA.
 
-    The adapter is initialised from ``cfg.seed``, so every process that builds it starts
-    from the same tensors.
+    ``source``: an already resolved model folder. The adapter is initialised from
+    ``cfg.seed``, so every process that builds it starts from the same tensors.
     """
     quiet_transformers()
-    source = resolve_model_source(cfg.model.name, cfg.model.source)
+    if source is None:
+        source = resolve_model_source(cfg.model.name, cfg.model.source)
     tokenizer = AutoTokenizer.from_pretrained(str(source))
 
     torch.manual_seed(cfg.seed)
@@ -132,7 +135,14 @@ def save_adapter(site_model: SiteModel, state: AdapterState, dest: Path, base_na
 
 def load_for_inference(adapter_dir: Path, base: str | Path) -> tuple[PeftModel, object, list]:
     """Load a saved global adapter on its base model, ready to classify."""
-    labels = json.loads((Path(adapter_dir) / LABELS_FILE).read_text(encoding="utf-8"))
+    labels_path = Path(adapter_dir) / LABELS_FILE
+    if not labels_path.is_file():
+        raise FileNotFoundError(
+            f"{adapter_dir}: not a fedsilo adapter folder (no {LABELS_FILE}); give a run's "
+            "global/ folder"
+        )
+    quiet_transformers()
+    labels = json.loads(labels_path.read_text(encoding="utf-8"))
     tokenizer = AutoTokenizer.from_pretrained(str(base))
     model = AutoModelForSequenceClassification.from_pretrained(
         str(base), num_labels=len(labels), dtype=torch.float32

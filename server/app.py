@@ -110,8 +110,8 @@ def coordinate(
     channel: CoordinatorChannel,
 ) -> None:
     """Run the federated rounds, save the global adapter, then the local-only baseline."""
-    labels = federation_labels(cfg)
-    outcome.site_model = build_site_model(cfg, labels)
+    if outcome.site_model is None:
+        outcome.site_model = build_site_model(cfg, federation_labels(cfg))
     outcome.initial_state = outcome.site_model.adapter_state()
 
     coordinator = Coordinator(
@@ -131,8 +131,9 @@ def coordinate(
     )
     aggregated = result.arrays is not None and len(result.arrays) > 0
     outcome.final_state = record_to_state(result.arrays) if aggregated else outcome.initial_state
-    save_adapter(outcome.site_model, outcome.final_state, run_dir / "global", cfg.model.name)
-    log.info("global adapter saved to %s", run_dir / "global")
+    if aggregated:
+        save_adapter(outcome.site_model, outcome.final_state, run_dir / "global", cfg.model.name)
+        log.info("global adapter saved to %s", run_dir / "global")
 
     if cfg.simulation.baselines:
         recorder.phase(cfg.federation.rounds, "local-only baseline")

@@ -57,6 +57,7 @@ class SiteRow:
     scores: dict[str, float] = field(default_factory=dict)  # arm -> macro-F1
     accuracy: dict[str, float] = field(default_factory=dict)
     num_test: int = 0
+    trained: bool = True  # contributed to the federation in at least one round
 
 
 @dataclass
@@ -68,8 +69,11 @@ class ResultTable:
     excluded: dict[str, str] = field(default_factory=dict)
 
     def complete_rows(self) -> list[SiteRow]:
-        """Rows scored under every arm: the only fair basis for mean and worst."""
-        return [row for row in self.rows if all(arm in row.scores for arm in self.arms)]
+        """Sites that trained, scored under every arm: the fair basis for mean and worst."""
+        return [
+            row for row in self.rows
+            if row.trained and all(arm in row.scores for arm in self.arms)
+        ]
 
     def mean(self, arm: str) -> float:
         values = [row.scores[arm] for row in self.complete_rows()]
@@ -100,7 +104,8 @@ class ResultTable:
             cells = [_fmt(row.scores.get(arm)) for arm in self.arms]
             if {"local", "federated"} <= set(self.arms):
                 cells.append(_delta(row.scores.get("federated"), row.scores.get("local")))
-            lines.append(f"| {row.site} | {row.num_test} | " + " | ".join(cells) + " |")
+            site = row.site if row.trained else f"{row.site} (excluded)"
+            lines.append(f"| {site} | {row.num_test} | " + " | ".join(cells) + " |")
         mean_cells = [_fmt(self.mean(arm)) for arm in self.arms]
         worst_cells = [f"{_fmt(self.worst(a)[1])} ({self.worst(a)[0]})" for a in self.arms]
         if {"local", "federated"} <= set(self.arms):
@@ -134,12 +139,16 @@ def build_table(
     site_ids: list[str],
     arm_results: dict[str, dict[str, dict[str, float]]],
     excluded: dict[str, str],
+    trained: set[str] | None = None,
 ) -> ResultTable:
-    """``arm_results[arm][site]`` holds the site's test metrics under that arm."""
+    """``arm_results[arm][site]`` holds the site's test metrics under that arm.
+
+    ``trained``: the sites that contributed an update in some round (default: all).
+    """
     arms = [arm for arm in ARMS if arm in arm_results]
     rows = []
     for site in site_ids:
-        row = SiteRow(site=site)
+        row = SiteRow(site=site, trained=trained is None or site in trained)
         for arm in arms:
             metrics = arm_results[arm].get(site)
             if metrics is None:

@@ -19,6 +19,7 @@ from common.config import FedsiloConfig
 from common.data import SiteDataError, load_silo, prepare_silos
 from common.federation import federation_labels, silo_dir, silo_root, site_seed
 from common.offline import apply_offline_switches, hub_offline_from_now
+from common.model import build_site_model
 from common.offline_model import resolve_model_source
 from common.training import StepCallback, concat_splits, encode_split, evaluate, train_local
 from server.coordinator import RoundObserver
@@ -144,13 +145,18 @@ def simulate(
     log.info("base model: %s", model_source)
     ensure_default_silos(cfg)
     labels = federation_labels(cfg)
+    # Load the model before Flower starts and before the run directory: a bad model or LoRA
+    # setting fails here, in seconds, leaving nothing behind.
+    site_model = build_site_model(cfg, labels, model_source)
     run_dir = create_run_dir(cfg)
     log.info("run directory %s", run_dir)
     cfg = secure_simulation(cfg, run_dir)
 
-    outcome = CoordinatorOutcome()
+    outcome = CoordinatorOutcome(site_model=site_model)
     server_app = make_server_app(cfg, run_dir, outcome, display or RoundObserver())
-    client_app = make_client_app(cfg)
+    site_model_settings = cfg.model.model_copy(update={"name": str(model_source),
+                                                       "source": "local"})
+    client_app = make_client_app(cfg.model_copy(update={"model": site_model_settings}))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*deprecated.*")
         try:
@@ -178,7 +184,8 @@ def simulate(
         for site, reason in {**outcome.local_failures, **central_failures}.items():
             excluded.setdefault(site, reason)
 
-    table = build_table(cfg.site_ids(), arms, excluded)
+    trained = {site for record in outcome.rounds for site in record.train}
+    table = build_table(cfg.site_ids(), arms, excluded, trained)
     atomic_write(run_dir / "results.md", table.to_markdown())
     atomic_write(run_dir / "results.json", json.dumps(table.to_dict(), indent=1))
     wall_s = time.perf_counter() - started
