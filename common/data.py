@@ -512,7 +512,7 @@ def load_split(
     reader, unit = _pick_format(path, file_format)
     if not path.is_file():
         raise SiteDataError(path, None, "file not found",
-                            "check the site's data path or run `prepare_silos` for this site")
+                            "check the site's data path or run `fedsilo data prepare` for the default silos")
     label_index = {name: i for i, name in enumerate(labels)}
     texts: list[str] = []
     label_ids: list[int] = []
@@ -540,7 +540,11 @@ def check_silo(silo_dir: Path, labels: Sequence[str], **kwargs: Any) -> dict[str
         "texts_in_several_splits"}``.
     """
     silo_dir = Path(silo_dir)
+    if not silo_dir.is_dir():
+        raise SiteDataError(silo_dir, None, "no such silo directory",
+                            "check the path, or run `fedsilo data prepare` for the default silos")
     loaded = {split: load_silo(silo_dir, split, labels=labels, **kwargs) for split in SPLITS}
+    _check_manifest_digests(silo_dir, loaded)
     text_sets = [set(data.texts) for data in loaded.values()]
     shared = set().union(*(a & b for i, a in enumerate(text_sets) for b in text_sets[i + 1:]))
     splits = {split: {"file": data.path.name, "examples": len(data),
@@ -548,6 +552,26 @@ def check_silo(silo_dir: Path, labels: Sequence[str], **kwargs: Any) -> dict[str
               for split, data in loaded.items()}
     return {"silo": str(silo_dir), "labels": list(labels), "splits": splits,
             "texts_in_several_splits": len(shared)}
+
+
+def _check_manifest_digests(silo_dir: Path, loaded: dict[str, SplitData]) -> None:
+    """Where a manifest.json lists file digests, each split file must still match it."""
+    manifest_path = silo_dir / MANIFEST_NAME
+    if not manifest_path.is_file():
+        return
+    try:
+        files = json.loads(manifest_path.read_text(encoding="utf-8")).get("files", {})
+    except (ValueError, AttributeError) as exc:
+        raise SiteDataError(manifest_path, None, f"unreadable manifest ({exc})",
+                            "re-run `fedsilo data prepare` or remove the manifest") from None
+    for split, data in loaded.items():
+        recorded = files.get(split, {})
+        if recorded.get("name") != data.path.name or "sha256" not in recorded:
+            continue
+        if _file_sha256(data.path) != recorded["sha256"]:
+            raise SiteDataError(data.path, None, "content differs from the sha256 in "
+                                f"{MANIFEST_NAME}", "re-run `fedsilo data prepare`, or restore "
+                                "the file")
 
 
 def _resolve_split_file(silo_dir: Path, split: str) -> Path:
@@ -559,7 +583,7 @@ def _resolve_split_file(silo_dir: Path, split: str) -> Path:
     if not found:
         raise SiteDataError(silo_dir / f"{split}.jsonl", None,
                             f"no {split} file ({', '.join(split + s for s in SPLIT_SUFFIXES)})",
-                            "add one, or run `prepare_silos` for the default silos")
+                            "add one, or run `fedsilo data prepare` for the default silos")
     return found[0]
 
 

@@ -60,3 +60,14 @@ def test_audit_verify_passes_untouched_and_names_the_edited_line(tmp_path):
     result = runner.invoke(app, ["audit", "verify", str(path)])
     assert result.exit_code == 1
     assert "line 2" in result.output
+
+
+def test_data_check_fails_when_a_file_no_longer_matches_its_manifest(silo_root, tmp_path):
+    for name in ("train.jsonl", "validation.jsonl", "test.jsonl", "manifest.json"):
+        (tmp_path / name).write_bytes((silo_root / "de" / name).read_bytes())
+    with (tmp_path / "train.jsonl").open("a") as handle:
+        handle.write('{"text": "extra line", "label": "other"}\n')
+    result = runner.invoke(app, ["data", "check", str(tmp_path),
+                                 "--set", f"data.silo_root={silo_root}"])
+    assert result.exit_code == 1
+    assert "differs from the sha256 in manifest.json" in result.output

@@ -271,7 +271,7 @@ def test_custom_column_names_are_used(tmp_path: Path) -> None:
 
 
 def test_missing_file_says_what_to_do(tmp_path: Path) -> None:
-    with pytest.raises(SiteDataError, match="file not found.*prepare_silos") as info:
+    with pytest.raises(SiteDataError, match="file not found.*fedsilo data prepare") as info:
         load_split(tmp_path / "nope.jsonl", labels=LABELS)
     assert info.value.line is None
 
