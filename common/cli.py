@@ -34,8 +34,8 @@ app.add_typer(model_app, name="model")
 app.add_typer(config_app, name="config")
 
 # Markup off: paths, reasons and config values may hold "[...]" and must print as they are.
-console = Console(stderr=False, markup=False, highlight=False)
-err_console = Console(stderr=True, markup=False, highlight=False)
+console = Console(stderr=False, markup=False, highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
 
 ConfigOption = Annotated[
     Optional[Path], typer.Option("--config", "-c", help="YAML file overriding the default.")

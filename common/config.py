@@ -141,7 +141,25 @@ class TrainConfig(_Section):
 
 
 class StrategyConfig(_Section):
-    name: str = Field(default="fedavg", description="Aggregation strategy, by registry name.")
+    name: str = Field(
+        default="fedavg",
+        description="Aggregation strategy: fedavg, exact-lora, median, trimmed-mean, "
+        "clipped-fedavg, fedadam, fedyogi.",
+    )
+    trim_fraction: float = Field(
+        default=0.1, ge=0, lt=0.5, description="trimmed-mean: share dropped at each end."
+    )
+    clip_norm: float = Field(
+        default=10.0, gt=0, description="clipped-fedavg: largest L2 norm of a site's change."
+    )
+    server_learning_rate: float = Field(
+        default=1e-3, gt=0, description="fedadam / fedyogi: the coordinator's step size."
+    )
+    beta1: float = Field(default=0.9, ge=0, lt=1, description="fedadam / fedyogi: momentum.")
+    beta2: float = Field(
+        default=0.99, ge=0, lt=1, description="fedadam / fedyogi: second-moment decay."
+    )
+    tau: float = Field(default=1e-6, gt=0, description="fedadam / fedyogi: adaptivity floor.")
 
     @field_validator("name")
     @classmethod
@@ -168,9 +186,10 @@ class SecurityConfig(_Section):
         default=64 * 1024 * 1024, ge=1024, description="Largest accepted sealed update."
     )
     max_update_norm: float = Field(
-        default=1000.0,
+        default=100.0,
         gt=0,
-        description="Largest accepted L2 norm of a site's change to the global adapter.",
+        description="Largest accepted L2 norm of a site's change to the global adapter "
+        "(the default federation's changes measured 2-11 per round).",
     )
     keys_dir: Path | None = Field(
         default=None,

@@ -115,7 +115,7 @@ def coordinate(
     outcome.initial_state = outcome.site_model.adapter_state()
 
     coordinator = Coordinator(
-        strategy=create_strategy(cfg.strategy.name),
+        strategy=create_strategy(cfg.strategy),
         channel=channel,
         site_ids=cfg.site_ids(),
         min_sites=cfg.federation.min_sites,

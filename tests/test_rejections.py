@@ -18,6 +18,7 @@ from common.channel import CoordinatorChannel, SiteChannel
 from common.egress import EgressPolicy, tensor_spec
 from common.keys import generate_identity
 from server.coordinator import Coordinator, RoundRecord
+from common.config import StrategyConfig
 from strategies import create_strategy
 
 RUN = "run-7"
@@ -40,7 +41,7 @@ def federation(tmp_path):
         run_id=RUN, identity=coordinator, registry={n: i.public() for n, i in sites.items()},
         max_update_bytes=64 * 1024, audit=audit,
     )
-    server = Coordinator(strategy=create_strategy("fedavg"), channel=channel, site_ids=SITES,
+    server = Coordinator(strategy=create_strategy(StrategyConfig(name="fedavg")), channel=channel, site_ids=SITES,
                          min_sites=1, max_update_norm=100.0)
     yield server, coordinator, sites, tmp_path / "coordinator.jsonl"
     audit.close()
