@@ -24,8 +24,9 @@ from common.egress import EgressPolicy, tensor_spec
 from common.federation import federation_labels, silo_dir, site_seed
 from common.keys import load_identity, load_public
 from common.model import SiteModel, build_site_model
-from common.training import EncodedSplit, encode_split, evaluate, train_local
+from common.training import EncodedSplit, encode_split, evaluate, proximal_term, train_local
 from common.wire import site_error
+from strategies import create_strategy
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,9 @@ class SiteRuntime:
     def train(self, site: str, state, epochs: int, seed: int) -> tuple[dict, dict]:
         data = self.split(site, "train")
         self.model.load_adapter_state(state)
+        strategy = self.cfg.strategy
+        uses_prox = getattr(create_strategy(strategy), "site_proximal_term", False)
+        extra = proximal_term(self.model.model, strategy.proximal_mu) if uses_prox else None
         metrics = train_local(
             self.model.model,
             data,
@@ -103,6 +107,7 @@ class SiteRuntime:
             learning_rate=self.cfg.train.learning_rate,
             weight_decay=self.cfg.train.weight_decay,
             seed=seed,
+            extra_loss=extra,
         )
         return self.model.adapter_state(), metrics
 

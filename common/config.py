@@ -143,8 +143,11 @@ class TrainConfig(_Section):
 class StrategyConfig(_Section):
     name: str = Field(
         default="fedavg",
-        description="Aggregation strategy: fedavg, exact-lora, median, trimmed-mean, "
+        description="Aggregation strategy: fedavg, fedprox, exact-lora, median, trimmed-mean, "
         "clipped-fedavg, fedadam, fedyogi.",
+    )
+    proximal_mu: float = Field(
+        default=0.01, ge=0, description="fedprox: weight of the sites' proximal term."
     )
     trim_fraction: float = Field(
         default=0.1, ge=0, lt=0.5, description="trimmed-mean: share dropped at each end."

@@ -126,6 +126,16 @@ def train_local(
     }
 
 
+def proximal_term(model: torch.nn.Module, mu: float) -> Callable[[], torch.Tensor]:
+    """(mu / 2) * squared distance of the trainable tensors from their values now (FedProx)."""
+    anchors = [(p, p.detach().clone()) for p in model.parameters() if p.requires_grad]
+
+    def term() -> torch.Tensor:
+        return (mu / 2) * sum(torch.sum((p - anchor) ** 2) for p, anchor in anchors)
+
+    return term
+
+
 @torch.no_grad()
 def predict(model: torch.nn.Module, data: EncodedSplit, batch_size: int) -> np.ndarray:
     model.eval()

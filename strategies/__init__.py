@@ -15,6 +15,7 @@ from strategies.clipped_fedavg import ClippedFedAvg
 from strategies.exact_lora import ExactLoRA
 from strategies.fedadam import FedAdam
 from strategies.fedavg import FedAvg
+from strategies.fedprox import FedProx
 from strategies.fedyogi import FedYogi
 from strategies.median import CoordinateMedian
 from strategies.trimmed_mean import TrimmedMean
@@ -27,6 +28,7 @@ def _server_optimizer(kind):
 
 REGISTRY: dict[str, Callable[[Any], Strategy]] = {
     FedAvg.name: lambda p: FedAvg(),
+    FedProx.name: lambda p: FedProx(),
     ExactLoRA.name: lambda p: ExactLoRA(),
     CoordinateMedian.name: lambda p: CoordinateMedian(),
     TrimmedMean.name: lambda p: TrimmedMean(p.trim_fraction),

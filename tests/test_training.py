@@ -62,3 +62,21 @@ def test_macro_f1_matches_a_hand_computed_value():
     predicted = np.array([0, 1, 1, 1, 0])
     # label 0: tp1 fp1 fn1 -> 0.5; label 1: tp2 fp1 fn0 -> 0.8; label 2: tp0 fn1 -> 0.0
     assert macro_f1(truth, predicted) == pytest.approx((0.5 + 0.8 + 0.0) / 3)
+
+
+def test_proximal_term_keeps_the_adapter_closer_to_where_it_started(site):
+    from common.training import proximal_term
+    from strategies.kernels import norm
+
+    cfg, model, encoded = site
+    start = model.adapter_state()
+
+    def distance_after(mu):
+        model.load_adapter_state(start)
+        extra = proximal_term(model.model, mu) if mu else None
+        train_local(model.model, encoded, epochs=1, batch_size=16, learning_rate=5e-3,
+                    weight_decay=0.0, seed=1, extra_loss=extra)
+        now = model.adapter_state()
+        return norm({k: now[k].astype("float64") - start[k] for k in start})
+
+    assert distance_after(10.0) < distance_after(0.0)
