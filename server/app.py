@@ -141,3 +141,7 @@ def coordinate(
         outcome.local, outcome.local_failures = coordinator.run_local_baseline(
             grid, outcome.initial_state, epochs, cfg.federation.round_timeout_s
         )
+        scores = [m["macro_f1"] for m in outcome.local.values()]
+        if scores:
+            log.info("local-only baseline: mean macro-F1 %.3f over %d sites",
+                     sum(scores) / len(scores), len(scores))
