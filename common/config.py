@@ -138,6 +138,9 @@ class TrainConfig(_Section):
     threads: int = Field(
         default=1, ge=1, le=256, description="torch threads per simulated site process."
     )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="Where a site trains: auto picks CUDA when available."
+    )
 
 
 class StrategyConfig(_Section):

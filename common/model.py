@@ -90,8 +90,17 @@ def build_site_model(
             f"lora.target_modules={cfg.lora.target_modules} does not fit {cfg.model.name}: "
             f"{exc}"
         ) from exc
-    model.eval()
+    model.to(pick_device(cfg.train.device)).eval()
     return SiteModel(model=model, tokenizer=tokenizer, labels=list(labels), source=str(source))
+
+
+def pick_device(setting: str) -> torch.device:
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device=cuda but torch sees no CUDA device; install the CUDA "
+                         "build of torch or set train.device=cpu")
+    return torch.device(setting)
 
 
 def adapter_state(model: torch.nn.Module) -> AdapterState:
@@ -120,7 +129,7 @@ def load_adapter_state(model: torch.nn.Module, state: AdapterState) -> None:
                     f"adapter tensor {name}: shape {tuple(value.shape)}, "
                     f"model expects {tuple(param.shape)}"
                 )
-            param.copy_(value.to(param.dtype))
+            param.copy_(value.to(device=param.device, dtype=param.dtype))
 
 
 def save_adapter(site_model: SiteModel, state: AdapterState, dest: Path, base_name: str) -> Path:

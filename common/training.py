@@ -64,7 +64,9 @@ def _batches(data: EncodedSplit, batch_size: int, rng: random.Random | None) -> 
     return batches
 
 
-def _collate(data: EncodedSplit, batch: list[int]) -> dict[str, torch.Tensor]:
+def _collate(
+    data: EncodedSplit, batch: list[int], device: torch.device
+) -> dict[str, torch.Tensor]:
     width = max(len(data.input_ids[i]) for i in batch)
     ids = torch.full((len(batch), width), data.pad_id, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -72,7 +74,11 @@ def _collate(data: EncodedSplit, batch: list[int]) -> dict[str, torch.Tensor]:
         seq = data.input_ids[i]
         ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
         mask[row, : len(seq)] = 1
-    return {"input_ids": ids, "attention_mask": mask}
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def train_local(
@@ -96,6 +102,7 @@ def train_local(
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
     loss_fn = torch.nn.CrossEntropyLoss()
 
+    device = _device(model)
     model.train()
     started = time.perf_counter()
     total_loss, seen = 0.0, 0
@@ -103,8 +110,8 @@ def train_local(
         for epoch in range(epochs):
             batches = _batches(data, batch_size, rng)
             for step, batch in enumerate(batches, start=1):
-                inputs = _collate(data, batch)
-                targets = torch.from_numpy(data.labels[batch])
+                inputs = _collate(data, batch, device)
+                targets = torch.from_numpy(data.labels[batch]).to(device)
                 loss = loss_fn(model(**inputs).logits, targets)
                 if extra_loss is not None:
                     loss = loss + extra_loss()
@@ -139,10 +146,11 @@ def proximal_term(model: torch.nn.Module, mu: float) -> Callable[[], torch.Tenso
 @torch.no_grad()
 def predict(model: torch.nn.Module, data: EncodedSplit, batch_size: int) -> np.ndarray:
     model.eval()
+    device = _device(model)
     predictions = np.empty(len(data), dtype=np.int64)
     for batch in _batches(data, batch_size, rng=None):
-        logits = model(**_collate(data, batch)).logits
-        predictions[batch] = logits.argmax(dim=-1).numpy()
+        logits = model(**_collate(data, batch, device)).logits
+        predictions[batch] = logits.argmax(dim=-1).cpu().numpy()
     return predictions
 
 
