@@ -55,14 +55,8 @@ class SiteRuntime:
     def split(self, site: str, name: str) -> EncodedSplit:
         key = (site, name)
         if key not in self._splits:
-            data = load_silo(
-                silo_dir(self.cfg, site),
-                name,
-                text_column=self.cfg.data.text_column,
-                label_column=self.cfg.data.label_column,
-                labels=self.labels,
-                max_line_bytes=self.cfg.data.max_line_bytes,
-            )
+            data = load_silo(silo_dir(self.cfg, site), name, labels=self.labels,
+                             **self.cfg.data.read_options())
             self._splits[key] = encode_split(
                 self.model.tokenizer, data.texts, data.labels, self.cfg.model.max_length
             )

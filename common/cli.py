@@ -203,13 +203,7 @@ def data_check(
     from common.federation import federation_labels
 
     try:
-        report = check_silo(
-            silo,
-            federation_labels(cfg),
-            text_column=cfg.data.text_column,
-            label_column=cfg.data.label_column,
-            max_line_bytes=cfg.data.max_line_bytes,
-        )
+        report = check_silo(silo, federation_labels(cfg), **cfg.data.read_options())
     except (SiteDataError, FileNotFoundError) as exc:
         _fail(str(exc), code=1)
     for split, info in report["splits"].items():
@@ -294,8 +288,6 @@ def predict(
     """Classify sentences with a saved global adapter."""
     _setup_logging(False)
     cfg = _load(config, set_)
-    from common.offline import apply_offline_switches
-
     import torch
 
     from common.model import load_for_inference

@@ -105,6 +105,11 @@ class DataConfig(_Section):
     )
     seed: int = Field(default=0, description="Seed of the train/validation/test split.")
 
+    def read_options(self) -> dict[str, Any]:
+        """Keyword arguments of the silo readers (load_silo, check_silo)."""
+        return {"text_column": self.text_column, "label_column": self.label_column,
+                "max_line_bytes": self.max_line_bytes}
+
 
 class ModelConfig(_Section):
     name: str = Field(

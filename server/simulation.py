@@ -83,12 +83,7 @@ def run_centralized(
 ) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
     """Pool every usable silo's training data, train one model, test it on each country."""
     site_model = outcome.site_model
-    read = dict(
-        text_column=cfg.data.text_column,
-        label_column=cfg.data.label_column,
-        labels=labels,
-        max_line_bytes=cfg.data.max_line_bytes,
-    )
+    read = dict(labels=labels, **cfg.data.read_options())
     train_parts, tests, failures = [], {}, {}
     for site in cfg.site_ids():
         try:
