@@ -41,6 +41,7 @@ class SiteRuntime:
         self._splits: dict[tuple[str, str], EncodedSplit] = {}
         self.loads_reported = 0  # model loads already reported in a reply
         self._policy: EgressPolicy | None = None
+        self._identities: dict[str, tuple] = {}
 
     @property
     def model(self) -> SiteModel:
@@ -72,14 +73,12 @@ class SiteRuntime:
         security = self.cfg.security
         if not security.enabled:
             return SiteChannel(site, None, None, guard=self.egress_policy(), audit=None)
-        keys_dir = Path(security.keys_dir)
-        return SiteChannel(
-            site,
-            identity=load_identity(keys_dir / f"{site}.key"),
-            coordinator=load_public(keys_dir / "coordinator.pub.json"),
-            guard=self.egress_policy(),
-            audit=audit,
-        )
+        if site not in self._identities:  # read the key files once per process
+            keys_dir = Path(security.keys_dir)
+            self._identities[site] = (load_identity(keys_dir / f"{site}.key"),
+                                      load_public(keys_dir / "coordinator.pub.json"))
+        identity, coordinator = self._identities[site]
+        return SiteChannel(site, identity, coordinator, guard=self.egress_policy(), audit=audit)
 
     def fresh_model_loads(self) -> int:
         """1 the first time a reply asks after the model was loaded in this process, else 0."""

@@ -1,13 +1,13 @@
 """How adapter tensors and site status travel inside Flower messages.
 
-A message between coordinator and site carries at most: ``arrays`` (adapter tensors),
+A message between coordinator and site carries at most: the adapter (sealed or as arrays),
 ``metrics`` (named scalars) and ``site`` (the site id, a status and, on failure, the reason).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 AdapterState = dict[str, np.ndarray]
 
@@ -24,20 +24,6 @@ def state_to_record(state: AdapterState) -> ArrayRecord:
 
 def record_to_state(record: ArrayRecord) -> AdapterState:
     return {name: array.numpy() for name, array in record.items()}
-
-
-def site_reply(
-    site: str,
-    *,
-    state: AdapterState | None = None,
-    metrics: dict[str, float] | None = None,
-) -> RecordDict:
-    """Content of a successful reply from ``site``."""
-    content = RecordDict({"site": ConfigRecord({"site": site, "status": STATUS_OK})})
-    if state is not None:
-        content["arrays"] = state_to_record(state)
-    content["metrics"] = MetricRecord(dict(metrics or {}))
-    return content
 
 
 def site_error(site: str, reason: str) -> RecordDict:
