@@ -25,10 +25,13 @@ from common.federation import federation_labels, silo_dir, site_seed
 from common.keys import load_identity, load_public
 from common.model import SiteModel, build_site_model
 from common.training import EncodedSplit, encode_split, evaluate, proximal_term, train_local
-from common.wire import site_error
-from strategies import create_strategy
+from common.wire import record_to_state, site_error, state_to_record
+from strategies import create_strategy, local_tensors
 
 log = logging.getLogger(__name__)
+
+# Node state record holding the adapter parts a site keeps (never sent).
+LOCAL_RECORD = "fedsilo-local-adapter"
 
 
 class SiteRuntime:
@@ -42,6 +45,8 @@ class SiteRuntime:
         self.loads_reported = 0  # model loads already reported in a reply
         self._policy: EgressPolicy | None = None
         self._identities: dict[str, tuple] = {}
+        self.initial_state: dict | None = None
+        self.is_local = local_tensors(create_strategy(cfg.strategy))
 
     @property
     def model(self) -> SiteModel:
@@ -49,6 +54,7 @@ class SiteRuntime:
             torch.set_num_threads(self.cfg.train.threads)
             started = time.perf_counter()
             self._model = build_site_model(self.cfg, self.labels)
+            self.initial_state = self._model.adapter_state()
             log.info("base model loaded in %.1f s from %s", time.perf_counter() - started,
                      self._model.source)
         return self._model
@@ -64,10 +70,35 @@ class SiteRuntime:
         return self._splits[key]
 
     def egress_policy(self) -> EgressPolicy:
-        """The site's declaration: exactly its own adapter's tensors, the allowed metrics."""
+        """The site's declaration: its own adapter's shared tensors, the allowed metrics.
+
+        Tensors the strategy keeps at the site (a personal head) are not declared: the guard
+        blocks them if they ever head out.
+        """
         if self._policy is None:
-            self._policy = EgressPolicy(tensors=tensor_spec(self.model.adapter_state()))
+            shared = {k: v for k, v in self.model.adapter_state().items()
+                      if not self.is_local(k)}
+            self._policy = EgressPolicy(tensors=tensor_spec(shared))
         return self._policy
+
+    def with_local_parts(self, state: dict, context: Context) -> dict:
+        """The received shared tensors plus this site's own kept parts (its head, say)."""
+        self.model  # noqa: B018 - loads the model and its initial adapter on first use
+        missing = [k for k in self.initial_state if k not in state]
+        if not missing:
+            return state
+        kept = context.state.array_records.get(LOCAL_RECORD)
+        kept_state = record_to_state(kept) if kept is not None else {}
+        return {**state, **{k: kept_state.get(k, self.initial_state[k]) for k in missing}}
+
+    def keep_local_parts(self, tensors: dict | None, context: Context) -> dict | None:
+        """Store the parts that stay at the site; return only what may be sent."""
+        if tensors is None:
+            return None
+        local = {k: v for k, v in tensors.items() if self.is_local(k)}
+        if local:
+            context.state[LOCAL_RECORD] = state_to_record(local)
+        return {k: v for k, v in tensors.items() if not self.is_local(k)}
 
     def channel(self, site: str, audit: AuditLog | None) -> SiteChannel:
         security = self.cfg.security
@@ -163,7 +194,9 @@ def make_client_app(cfg: FedsiloConfig) -> ClientApp:
             round_number = int(msg.content["config"]["round"])
             run_id = str(context.run_id)
             state = channel.open_global(msg.content["global"], run_id, round_number)
+            state = runtime.with_local_parts(state, context)
             tensors, metrics = work(runtime, site, msg, state, round_number)
+            tensors = runtime.keep_local_parts(tensors, context)
             content = channel.pack_reply(tensors, metrics, run_id, round_number)
         except Exception as exc:  # a site's failure is reported, never raised into Flower
             reason = _failure_reason(exc)

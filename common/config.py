@@ -151,8 +151,8 @@ class TrainConfig(_Section):
 class StrategyConfig(_Section):
     name: str = Field(
         default="fedavg",
-        description="Aggregation strategy: fedavg, fedprox, exact-lora, median, trimmed-mean, "
-        "clipped-fedavg, fedadam, fedyogi.",
+        description="Aggregation strategy: fedavg, fedavg-local-head, fedprox, exact-lora, "
+        "median, trimmed-mean, clipped-fedavg, fedadam, fedyogi.",
     )
     proximal_mu: float = Field(
         default=0.01, ge=0, description="fedprox: weight of the sites' proximal term."

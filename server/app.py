@@ -18,7 +18,7 @@ from common.channel import CoordinatorChannel
 from server.coordinator import Coordinator, RoundObserver, RoundRecord
 from server.enrollment import COORDINATOR, coordinator_identity, enrolled_sites
 from server.report import append_jsonl
-from strategies import create_strategy
+from strategies import create_strategy, local_tensors
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +114,11 @@ def coordinate(
         outcome.site_model = build_site_model(cfg, federation_labels(cfg))
     outcome.initial_state = outcome.site_model.adapter_state()
 
+    strategy = create_strategy(cfg.strategy)
+    is_local = local_tensors(strategy)
+    shared_initial = {k: v for k, v in outcome.initial_state.items() if not is_local(k)}
     coordinator = Coordinator(
-        strategy=create_strategy(cfg.strategy),
+        strategy=strategy,
         channel=channel,
         site_ids=cfg.site_ids(),
         min_sites=cfg.federation.min_sites,
@@ -124,13 +127,16 @@ def coordinate(
     )
     result = coordinator.start(
         grid=grid,
-        initial_arrays=state_to_record(outcome.initial_state),
+        initial_arrays=state_to_record(shared_initial),
         num_rounds=cfg.federation.rounds,
         timeout=cfg.federation.round_timeout_s,
         train_config=ConfigRecord({"local-epochs": cfg.train.local_epochs}),
     )
     aggregated = result.arrays is not None and len(result.arrays) > 0
-    outcome.final_state = record_to_state(result.arrays) if aggregated else outcome.initial_state
+    shared_final = record_to_state(result.arrays) if aggregated else shared_initial
+    # Parts kept at the sites (a personal head) never reach the coordinator: the saved
+    # global adapter carries their initial values.
+    outcome.final_state = {**outcome.initial_state, **shared_final}
     if aggregated:
         save_adapter(outcome.site_model, outcome.final_state, run_dir / "global", cfg.model.name)
         log.info("global adapter saved to %s", run_dir / "global")

@@ -16,6 +16,7 @@ from strategies.exact_lora import ExactLoRA
 from strategies.fedadam import FedAdam
 from strategies.fedavg import FedAvg
 from strategies.fedprox import FedProx
+from strategies.local_head import FedAvgLocalHead
 from strategies.fedyogi import FedYogi
 from strategies.median import CoordinateMedian
 from strategies.trimmed_mean import TrimmedMean
@@ -29,6 +30,7 @@ def _server_optimizer(kind):
 REGISTRY: dict[str, Callable[[Any], Strategy]] = {
     FedAvg.name: lambda p: FedAvg(),
     FedProx.name: lambda p: FedProx(),
+    FedAvgLocalHead.name: lambda p: FedAvgLocalHead(),
     ExactLoRA.name: lambda p: ExactLoRA(),
     CoordinateMedian.name: lambda p: CoordinateMedian(),
     TrimmedMean.name: lambda p: TrimmedMean(p.trim_fraction),
@@ -36,6 +38,11 @@ REGISTRY: dict[str, Callable[[Any], Strategy]] = {
     FedAdam.name: _server_optimizer(FedAdam),
     FedYogi.name: _server_optimizer(FedYogi),
 }
+
+
+def local_tensors(strategy: Strategy) -> Callable[[str], bool]:
+    """Which adapter tensors stay at the sites under ``strategy`` (none by default)."""
+    return getattr(strategy, "is_local", lambda tensor_name: False)
 
 
 def create_strategy(settings: Any) -> Strategy:
@@ -50,4 +57,4 @@ def create_strategy(settings: Any) -> Strategy:
     return factory(settings)
 
 
-__all__ = ["REGISTRY", "SiteUpdate", "Strategy", "create_strategy"]
+__all__ = ["REGISTRY", "SiteUpdate", "Strategy", "create_strategy", "local_tensors"]

@@ -168,3 +168,16 @@ def test_a_run_where_no_site_can_train_exits_non_zero(silo_root, tiny_model_dir,
     assert result.exit_code == 1
     assert "no round had a usable update" in result.output
     assert "train.jsonl" in result.output
+
+
+def test_a_personal_head_stays_at_each_site_and_the_rounds_complete(silo_root, tiny_model_dir,
+                                                                   tmp_path):
+    settings = tiny_settings(silo_root, tiny_model_dir, tmp_path / "runs")
+    cfg = load_config(overrides=[*settings, "strategy.name=fedavg-local-head"])
+    result = simulate(cfg)
+    rounds = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").open()]
+    # The coordinator accepts only the shared tensors: a head arriving would be rejected.
+    assert all(sorted(r["train"]) == ["de", "fr", "id"] and not r["excluded"] for r in rounds)
+    entries = [json.loads(line) for line in
+               (result.run_dir / "audit" / "coordinator.jsonl").read_text().splitlines()]
+    assert not [e for e in entries if e.get("decision") == "rejected"]
