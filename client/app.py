@@ -46,7 +46,9 @@ class SiteRuntime:
         self._policy: EgressPolicy | None = None
         self._identities: dict[str, tuple] = {}
         self.initial_state: dict | None = None
-        self.is_local = local_tensors(create_strategy(cfg.strategy))
+        strategy = create_strategy(cfg.strategy)
+        self.is_local = local_tensors(strategy)
+        self.proximal = getattr(strategy, "site_proximal_term", False)
 
     @property
     def model(self) -> SiteModel:
@@ -120,9 +122,8 @@ class SiteRuntime:
     def train(self, site: str, state, epochs: int, seed: int) -> tuple[dict, dict]:
         data = self.split(site, "train")
         self.model.load_adapter_state(state)
-        strategy = self.cfg.strategy
-        uses_prox = getattr(create_strategy(strategy), "site_proximal_term", False)
-        extra = proximal_term(self.model.model, strategy.proximal_mu) if uses_prox else None
+        mu = self.cfg.strategy.proximal_mu
+        extra = proximal_term(self.model.model, mu) if self.proximal else None
         metrics = train_local(
             self.model.model,
             data,

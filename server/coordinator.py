@@ -120,7 +120,8 @@ class Coordinator(FlowerStrategy):
         self.rounds[server_round] = RoundRecord(round=server_round)
         self.global_state = {name: array.numpy() for name, array in arrays.items()}
         self.observer.phase(server_round, "train")
-        return self._messages(grid, arrays, config, server_round, MessageType.TRAIN)
+        return self._messages(grid, arrays, config, server_round, MessageType.TRAIN,
+                              state=self.global_state)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
