@@ -6,6 +6,7 @@ tokenized silo stay loaded in the process between rounds (``SiteRuntime``).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -23,15 +24,32 @@ from common.data import SiteDataError, load_silo
 from common.egress import EgressPolicy, tensor_spec
 from common.federation import federation_labels, silo_dir, site_seed
 from common.keys import load_identity, load_public
-from common.model import SiteModel, build_site_model
-from common.training import EncodedSplit, encode_split, evaluate, proximal_term, train_local
-from common.wire import record_to_state, site_error, state_to_record
+from common.model import SiteModel, build_site_model, classification_head
+from common.training import (
+    EncodedSplit,
+    encode_split,
+    evaluate,
+    evaluate_head,
+    head_features,
+    proximal_term,
+    train_head,
+    train_local,
+)
+from common.wire import (
+    LOCAL_BASELINE,
+    PERSONALIZE,
+    record_to_state,
+    site_error,
+    state_to_record,
+)
 from strategies import create_strategy, local_tensors
 
 log = logging.getLogger(__name__)
 
 # Node state record holding the adapter parts a site keeps (never sent).
 LOCAL_RECORD = "fedsilo-local-adapter"
+# Node state record holding the site's own fine-tuned head (never sent).
+PERSONAL_HEAD_RECORD = "fedsilo-personal-head"
 
 
 class SiteRuntime:
@@ -141,6 +159,28 @@ class SiteRuntime:
         self.model.load_adapter_state(state)
         return evaluate(self.model.model, data, self.cfg.train.eval_batch_size)
 
+    def personalize(self, site: str, state, epochs: int, learning_rate: float,
+                    seed: int) -> tuple[dict, dict]:
+        """Fine-tune a copy of the head on the global model's features of the site's own
+        training split; return the head's tensors (to keep here) and its test metrics."""
+        self.model.load_adapter_state(state)
+        network = self.model.model
+        shared_head = classification_head(network)
+        batch = self.cfg.train.eval_batch_size
+        train = self.split(site, "train")
+        test = self.split(site, "test")
+        train_x = head_features(network, shared_head, train, batch)
+        test_x = head_features(network, shared_head, test, batch)
+        head = copy.deepcopy(shared_head)
+        stats = train_head(
+            head, train_x, train.labels, epochs=epochs, batch_size=self.cfg.train.batch_size,
+            learning_rate=learning_rate, weight_decay=self.cfg.train.weight_decay, seed=seed,
+        )
+        metrics = evaluate_head(head, test_x, test.labels)
+        metrics["train_time_s"] = stats["train_time_s"]
+        kept = {k: v.detach().cpu().numpy().copy() for k, v in head.state_dict().items()}
+        return kept, metrics
+
 
 _RUNTIMES: dict[str, SiteRuntime] = {}
 
@@ -196,7 +236,7 @@ def make_client_app(cfg: FedsiloConfig) -> ClientApp:
             run_id = str(context.run_id)
             state = channel.open_global(msg.content["global"], run_id, round_number)
             state = runtime.with_local_parts(state, context)
-            tensors, metrics = work(runtime, site, msg, state, round_number)
+            tensors, metrics = work(runtime, site, msg, state, round_number, context)
             tensors = runtime.keep_local_parts(tensors, context)
             content = channel.pack_reply(tensors, metrics, run_id, round_number)
         except Exception as exc:  # a site's failure is reported, never raised into Flower
@@ -211,7 +251,8 @@ def make_client_app(cfg: FedsiloConfig) -> ClientApp:
                 audit.close()
         return Message(content=content, reply_to=msg)
 
-    def train_work(runtime: SiteRuntime, site: str, msg: Message, state, round_number: int):
+    def train_work(runtime: SiteRuntime, site: str, msg: Message, state, round_number: int,
+                   _context: Context):
         seed = site_seed(cfg.seed, site, round_number)
         new_state, metrics = runtime.train(site, state, cfg.train.local_epochs, seed)
         metrics["model_loads"] = float(runtime.fresh_model_loads())
@@ -220,18 +261,40 @@ def make_client_app(cfg: FedsiloConfig) -> ClientApp:
                  metrics["train_time_s"])
         return new_state, metrics
 
-    def evaluate_work(runtime: SiteRuntime, site: str, msg: Message, state, round_number: int):
+    def evaluate_work(runtime: SiteRuntime, site: str, msg: Message, state, round_number: int,
+                      _context: Context):
         metrics = runtime.evaluate(site, state)
         metrics["model_loads"] = float(runtime.fresh_model_loads())
         return None, metrics
 
-    def local_baseline_work(runtime: SiteRuntime, site: str, msg: Message, state, _round: int):
+    def query_work(runtime: SiteRuntime, site: str, msg: Message, state, round_number: int,
+                   context: Context):
+        task = str(msg.content["config"]["task"])
+        if task == LOCAL_BASELINE:
+            return local_baseline_work(runtime, site, msg, state)
+        if task == PERSONALIZE:
+            return personalize_work(runtime, site, msg, state, round_number, context)
+        raise ValueError(f"unknown query task {task!r}")
+
+    def local_baseline_work(runtime: SiteRuntime, site: str, msg: Message, state):
         """Train alone from the initial adapter with the federation's compute, then test."""
         epochs = int(msg.content["config"]["epochs"])
         trained, metrics = runtime.train(site, state, epochs, site_seed(cfg.seed, site, 0))
         result = runtime.evaluate(site, trained)
         result["train_time_s"] = metrics["train_time_s"]
         return None, result
+
+    def personalize_work(runtime: SiteRuntime, site: str, msg: Message, state,
+                         round_number: int, context: Context):
+        """The site's own head on the final global model; the head stays in node state."""
+        config = msg.content["config"]
+        head, metrics = runtime.personalize(
+            site, state, int(config["epochs"]), float(config["learning-rate"]),
+            site_seed(cfg.seed, site, round_number),
+        )
+        context.state[PERSONAL_HEAD_RECORD] = state_to_record(head)
+        log.info("site %s: own head fine-tuned, test macro-F1 %.3f", site, metrics["macro_f1"])
+        return None, metrics
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
@@ -243,6 +306,6 @@ def make_client_app(cfg: FedsiloConfig) -> ClientApp:
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
-        return handle(msg, context, local_baseline_work)
+        return handle(msg, context, query_work)
 
     return app

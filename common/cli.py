@@ -69,20 +69,24 @@ def _load(config: Path | None, overrides: list[str] | None) -> FedsiloConfig:
         _fail(str(exc))
 
 
+AFTER_ROUNDS = ("own heads", "local-only baseline")  # phases after the federated rounds
+
+
 class ProgressDisplay:
     """Rich progress over the federation's phases: each round trains then evaluates."""
 
     def __init__(self, progress: Progress, cfg: FedsiloConfig) -> None:
         self.progress = progress
         self.rounds = cfg.federation.rounds
-        total = self.rounds * 2 + (1 if cfg.simulation.baselines else 0)
+        after = int(cfg.simulation.baselines) + int(cfg.personalize.head_epochs > 0)
+        total = self.rounds * 2 + after
         self.task = progress.add_task("starting Flower's simulation engine", total=total)
         self._epoch_task = None
 
     def phase(self, round_number: int, phase: str) -> None:
-        if phase in ("evaluate", "local-only baseline"):
+        if phase in ("evaluate", *AFTER_ROUNDS):
             self.progress.advance(self.task)
-        label = phase if "baseline" in phase else f"round {round_number}/{self.rounds}: {phase}"
+        label = phase if phase in AFTER_ROUNDS else f"round {round_number}/{self.rounds}: {phase}"
         self.progress.update(self.task, description=label)
 
     def round_done(self, record) -> None:
@@ -122,6 +126,10 @@ def _print_table(table, run_dir: Path) -> None:
         "worst", "", *(f"{table.worst(a)[1]:.3f} ({table.worst(a)[0]})" for a in table.arms)
     )
     console.print(view)
+    for arm in table.compared():
+        wins, total = table.wins(arm)
+        console.print(f"{ARM_TITLES[arm]}: mean {table.mean(arm) - table.mean('local'):+.3f} "
+                      f"vs local-only, above it in {wins} of {total} countries")
     for site, reason in sorted(table.excluded.items()):
         console.print(Text.assemble(("excluded ", "yellow"), f"{site}: {reason}"))
     console.print(f"run directory: {run_dir}")

@@ -213,6 +213,19 @@ class SecurityConfig(_Section):
     )
 
 
+class PersonalizeConfig(_Section):
+    head_epochs: int = Field(
+        default=8, ge=0, le=1000,
+        description="After the last round each site fine-tunes its own copy of the "
+        "classification head on the global model's features for this many epochs; the head "
+        "stays at the site. 0 turns it off.",
+    )
+    learning_rate: float | None = Field(
+        default=None, gt=0, lt=1, description="Head fine-tune learning rate (default: "
+        "train.learning_rate).",
+    )
+
+
 class SimulationConfig(_Section):
     num_cpus: int | None = Field(
         default=None, ge=1, description="CPUs Flower's simulation engine may use (default: all)."
@@ -237,6 +250,7 @@ class FedsiloConfig(_Section):
     lora: LoraSettings = Field(default_factory=LoraSettings)
     train: TrainConfig = Field(default_factory=TrainConfig)
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    personalize: PersonalizeConfig = Field(default_factory=PersonalizeConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.utils import ModulesToSaveWrapper
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
@@ -92,6 +93,14 @@ def build_site_model(
         ) from exc
     model.to(pick_device(cfg.train.device)).eval()
     return SiteModel(model=model, tokenizer=tokenizer, labels=list(labels), source=str(source))
+
+
+def classification_head(model: torch.nn.Module) -> torch.nn.Module:
+    """The trained copy of the classification head inside a PEFT model (``modules_to_save``)."""
+    for name, module in model.named_modules():
+        if isinstance(module, ModulesToSaveWrapper) and name.split(".")[-1] == "classifier":
+            return module.modules_to_save[module.active_adapters[0]]
+    raise ValueError("the model has no trainable 'classifier' head")
 
 
 def pick_device(setting: str) -> torch.device:

@@ -176,3 +176,100 @@ def evaluate(model: torch.nn.Module, data: EncodedSplit, batch_size: int) -> dic
         "macro_f1": macro_f1(data.labels, predicted),
         "num_examples": float(len(data)),
     }
+
+
+# ------------------------------------------------------------------------------------------
+# A site's own classification head on the global model's features
+# ------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def head_features(
+    model: torch.nn.Module, head: torch.nn.Module, data: EncodedSplit, batch_size: int
+) -> torch.Tensor:
+    """What ``head`` (the model's classification head) receives for every row of ``data``.
+
+    A head that reads a sequence is assumed to look at its first token (the <s>/[CLS]
+    position, as the RoBERTa and BERT heads do): only that position is kept, and the first
+    batch checks that the head's output on it equals the model's logits.
+    """
+    model.eval()
+    device = _device(model)
+    captured: list[torch.Tensor] = []
+    hook = head.register_forward_pre_hook(lambda _module, args: captured.append(args[0]))
+    features: torch.Tensor | None = None
+    try:
+        for batch in _batches(data, batch_size, rng=None):
+            captured.clear()
+            logits = model(**_collate(data, batch, device)).logits
+            seen = captured[-1]
+            if seen.dim() == 3:
+                if features is None and not torch.allclose(
+                    head(seen[:, :1]), logits, atol=1e-5, rtol=1e-4
+                ):
+                    raise ValueError("the classification head reads more than the first "
+                                     "token; set personalize.head_epochs=0 for this model")
+                seen = seen[:, :1]
+            if features is None:
+                features = torch.empty((len(data), *seen.shape[1:]), dtype=seen.dtype,
+                                       device=device)
+            features[batch] = seen
+    finally:
+        hook.remove()
+    if features is None:
+        raise ValueError("no examples")
+    return features
+
+
+def train_head(
+    head: torch.nn.Module,
+    features: torch.Tensor,
+    labels: np.ndarray,
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    weight_decay: float,
+    seed: int,
+) -> dict[str, float]:
+    """Train ``head`` alone on fixed ``features``; seeded and repeatable."""
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    targets = torch.from_numpy(labels).to(features.device)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    started = time.perf_counter()
+    total_loss, seen = 0.0, 0
+    head.train()
+    try:
+        for _ in range(epochs):
+            order = torch.randperm(len(targets), generator=generator).to(features.device)
+            for start in range(0, len(order), batch_size):
+                rows = order[start : start + batch_size]
+                loss = loss_fn(head(features[rows]), targets[rows])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total_loss += loss.item() * len(rows)
+                seen += len(rows)
+    finally:
+        head.eval()
+    return {
+        "train_loss": total_loss / max(seen, 1),
+        "num_examples": float(len(targets)),
+        "train_time_s": time.perf_counter() - started,
+    }
+
+
+@torch.no_grad()
+def evaluate_head(
+    head: torch.nn.Module, features: torch.Tensor, labels: np.ndarray
+) -> dict[str, float]:
+    """Accuracy and macro-F1 of ``head`` on precomputed ``features``."""
+    head.eval()
+    predicted = head(features).argmax(dim=-1).cpu().numpy()
+    return {
+        "accuracy": float(np.mean(predicted == labels)),
+        "macro_f1": macro_f1(labels, predicted),
+        "num_examples": float(len(labels)),
+    }

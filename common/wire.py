@@ -15,6 +15,11 @@ STATUS_OK = "ok"
 STATUS_ERROR = "error"
 
 
+# Query tasks the coordinator may ask of a site after (or beside) the federated rounds.
+LOCAL_BASELINE = "local-baseline"  # train alone with the federation's compute, then test
+PERSONALIZE = "personalize"  # fine-tune an own head on the final global model, then test
+
+
 def state_to_record(state: AdapterState) -> ArrayRecord:
     return ArrayRecord(
         array_dict={name: Array.from_numpy_ndarray(np.ascontiguousarray(v)) for name, v in

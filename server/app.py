@@ -33,6 +33,8 @@ class CoordinatorOutcome:
     rounds: list[RoundRecord] = field(default_factory=list)
     local: dict[str, dict[str, float]] = field(default_factory=dict)
     local_failures: dict[str, str] = field(default_factory=dict)
+    personal: dict[str, dict[str, float]] = field(default_factory=dict)
+    personal_failures: dict[str, str] = field(default_factory=dict)
 
     def excluded(self) -> dict[str, str]:
         """Each site left out of any round, with its latest reason and the rounds."""
@@ -109,7 +111,8 @@ def coordinate(
     recorder: RoundObserver,
     channel: CoordinatorChannel,
 ) -> None:
-    """Run the federated rounds, save the global adapter, then the local-only baseline."""
+    """Run the federated rounds, save the global adapter, let each site fine-tune its own
+    head on it, then the local-only baseline."""
     if outcome.site_model is None:
         outcome.site_model = build_site_model(cfg, federation_labels(cfg))
     outcome.initial_state = outcome.site_model.adapter_state()
@@ -140,6 +143,18 @@ def coordinate(
     if aggregated:
         save_adapter(outcome.site_model, outcome.final_state, run_dir / "global", cfg.model.name)
         log.info("global adapter saved to %s", run_dir / "global")
+
+    if aggregated and cfg.personalize.head_epochs > 0:
+        recorder.phase(cfg.federation.rounds, "own heads")
+        outcome.personal, outcome.personal_failures = coordinator.run_personalization(
+            grid, shared_final, cfg.personalize.head_epochs,
+            cfg.personalize.learning_rate or cfg.train.learning_rate,
+            cfg.federation.round_timeout_s,
+        )
+        scores = [m["macro_f1"] for m in outcome.personal.values()]
+        if scores:
+            log.info("own heads on the global model: mean macro-F1 %.3f over %d sites",
+                     sum(scores) / len(scores), len(scores))
 
     if cfg.simulation.baselines:
         recorder.phase(cfg.federation.rounds, "local-only baseline")

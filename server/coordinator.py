@@ -18,7 +18,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy as FlowerStrategy
 
 from common.channel import ChannelRejected, CoordinatorChannel
-from common.wire import STATUS_OK, AdapterState, state_to_record
+from common.wire import LOCAL_BASELINE, PERSONALIZE, STATUS_OK, AdapterState, state_to_record
 from server.validation import UpdateRejected, update_norm, validate_update
 from strategies import SiteUpdate, Strategy
 
@@ -206,13 +206,13 @@ class Coordinator(FlowerStrategy):
                  self.strategy.name, self.min_sites)
 
 
-    def run_local_baseline(
-        self, grid: Grid, initial: AdapterState, epochs: int, timeout_s: float
+    def query_sites(
+        self, grid: Grid, state: AdapterState, config: dict, timeout_s: float
     ) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
-        """Ask every site to train alone for ``epochs`` from ``initial``; its test metrics."""
-        config = ConfigRecord({"epochs": epochs})
+        """Send ``state`` with a query task to every site; each site's metrics or failure."""
         messages = self._messages(
-            grid, ArrayRecord(array_dict={}), config, 0, MessageType.QUERY, state=initial
+            grid, ArrayRecord(array_dict={}), ConfigRecord(config), 0, MessageType.QUERY,
+            state=state,
         )
         results, failures = {}, {}
         for reply in grid.send_and_receive(messages, timeout=timeout_s):
@@ -223,3 +223,19 @@ class Coordinator(FlowerStrategy):
                 continue
             results[site] = metrics
         return results, failures
+
+    def run_local_baseline(
+        self, grid: Grid, initial: AdapterState, epochs: int, timeout_s: float
+    ) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+        """Ask every site to train alone for ``epochs`` from ``initial``; its test metrics."""
+        return self.query_sites(
+            grid, initial, {"task": LOCAL_BASELINE, "epochs": epochs}, timeout_s
+        )
+
+    def run_personalization(
+        self, grid: Grid, shared: AdapterState, epochs: int, learning_rate: float,
+        timeout_s: float,
+    ) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+        """Ask every site to fine-tune its own head on the final global model; test metrics."""
+        config = {"task": PERSONALIZE, "epochs": epochs, "learning-rate": learning_rate}
+        return self.query_sites(grid, shared, config, timeout_s)

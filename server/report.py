@@ -13,12 +13,14 @@ import numpy as np
 
 from common.config import FedsiloConfig, config_to_yaml
 
-ARMS = ("local", "federated", "centralized")
+ARMS = ("local", "federated", "personal", "centralized")
 ARM_TITLES = {
     "local": "local-only",
     "federated": "federated",
+    "personal": "federated + own head",
     "centralized": "centralized (pooled; simulation only)",
 }
+DELTA_TITLES = {"federated": "fed", "personal": "own head"}
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -95,22 +97,27 @@ class ResultTable:
             "excluded": self.excluded,
         }
 
+    def compared(self) -> list[str]:
+        """The federated arms shown against local-only in a difference column."""
+        if "local" not in self.arms:
+            return []
+        return [arm for arm in ("federated", "personal") if arm in self.arms]
+
     def to_markdown(self) -> str:
-        header = "| country | test n | " + " | ".join(ARM_TITLES[a] for a in self.arms)
-        if {"local", "federated"} <= set(self.arms):
-            header += " | fed - local"
-        lines = [header + " |", "|" + "---|" * (header.count("|"))]
+        compared = self.compared()
+        titles = [ARM_TITLES[a] for a in self.arms] + [f"{DELTA_TITLES[a]} - local"
+                                                       for a in compared]
+        header = "| country | test n | " + " | ".join(titles) + " |"
+        lines = [header, "|" + "---|" * (len(titles) + 2)]
         for row in self.rows:
             cells = [_fmt(row.scores.get(arm)) for arm in self.arms]
-            if {"local", "federated"} <= set(self.arms):
-                cells.append(_delta(row.scores.get("federated"), row.scores.get("local")))
+            cells += [_delta(row.scores.get(arm), row.scores.get("local")) for arm in compared]
             site = row.site if row.trained else f"{row.site} (excluded)"
             lines.append(f"| {site} | {row.num_test} | " + " | ".join(cells) + " |")
         mean_cells = [_fmt(self.mean(arm)) for arm in self.arms]
+        mean_cells += [_delta(self.mean(arm), self.mean("local")) for arm in compared]
         worst_cells = [f"{_fmt(self.worst(a)[1])} ({self.worst(a)[0]})" for a in self.arms]
-        if {"local", "federated"} <= set(self.arms):
-            mean_cells.append(_delta(self.mean("federated"), self.mean("local")))
-            worst_cells.append("")
+        worst_cells += [""] * len(compared)
         lines.append("| **mean** | | " + " | ".join(mean_cells) + " |")
         lines.append("| **worst** | | " + " | ".join(worst_cells) + " |")
         text = (
@@ -118,11 +125,21 @@ class ResultTable:
             f"{len(self.complete_rows())} countries scored under every arm.\n\n"
             + "\n".join(lines) + "\n"
         )
+        for arm in compared:
+            wins, total = self.wins(arm)
+            text += f"\n{ARM_TITLES[arm]} beats local-only in {wins} of {total} countries."
+        if compared:
+            text += "\n"
         if self.excluded:
             text += "\nExcluded sites:\n" + "".join(
                 f"- {site}: {reason}\n" for site, reason in sorted(self.excluded.items())
             )
         return text
+
+    def wins(self, arm: str) -> tuple[int, int]:
+        """(countries where ``arm`` scores above local-only, countries compared)."""
+        rows = self.complete_rows()
+        return sum(row.scores[arm] > row.scores["local"] for row in rows), len(rows)
 
 
 def _fmt(value: float | None) -> str:

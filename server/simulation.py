@@ -171,6 +171,10 @@ def simulate(
 
     arms = {"federated": outcome.rounds[-1].evaluate}
     excluded = outcome.excluded()
+    if outcome.personal or outcome.personal_failures:
+        arms["personal"] = outcome.personal
+        for site, reason in outcome.personal_failures.items():
+            excluded.setdefault(site, f"own head: {reason}")
     if cfg.simulation.baselines:
         arms["local"] = outcome.local
         arms["centralized"], central_failures = run_centralized(

@@ -81,13 +81,25 @@ def test_run_directory_holds_config_metrics_adapter_and_table(run):
     assert all("macro_f1" in m and "accuracy" in m for m in rounds[-1]["evaluate"].values())
 
 
-def test_table_has_a_row_per_good_country_and_all_three_arms(run):
+def test_table_has_a_row_per_good_country_and_every_arm(run):
     _, result, _, _ = run
     table = result.table
     assert [row.site for row in table.complete_rows()] == ["de", "fr", "id"]
-    assert table.arms == ["local", "federated", "centralized"]
-    assert set(table.rows[-1].scores) == {"federated"}  # xx: no local or pooled training
-    assert "**mean**" in (result.run_dir / "results.md").read_text()
+    assert table.arms == ["local", "federated", "personal", "centralized"]
+    # xx cannot train: no local or pooled model; its own head trains on its train split too.
+    assert set(table.rows[-1].scores) == {"federated"}
+    text = (result.run_dir / "results.md").read_text()
+    assert "**mean**" in text and "own head - local" in text
+    assert "beats local-only in" in text
+
+
+def test_own_heads_are_scored_on_each_trained_site(run):
+    _, result, _, _ = run
+    rows = result.table.complete_rows()
+    for row in rows:
+        assert 0.0 <= row.scores["personal"] <= 1.0
+        assert 0.0 <= row.accuracy["personal"] <= 1.0
+    assert "xx" in result.table.excluded
 
 
 def test_broken_site_is_excluded_with_file_and_line_and_the_rounds_go_on(run):
