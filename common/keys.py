@@ -418,6 +418,12 @@ def _refuse_existing(paths: Iterable[Path], overwrite: bool) -> None:
                               "(pass overwrite=True to replace)")
 
 
+def write_key_file(path: Path, content: bytes, *, private: bool, overwrite: bool = False) -> None:
+    """Write a key or certificate file: private ones 0600 from creation on, public ones 0644."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_file(path, content, 0o600 if private else 0o644, overwrite)
+
+
 def _write_file(path: Path, content: bytes, mode: int, overwrite: bool) -> None:
     """Write ``content`` to ``path``; the file has at most ``mode`` from its creation on."""
     if not overwrite:
