@@ -11,10 +11,11 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from flwr.app import Context, Message
+from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.clientapp import ClientApp
 
 from common.audit import AuditLog
@@ -221,91 +222,111 @@ def _site_audit(cfg: FedsiloConfig, site: str) -> AuditLog | None:
     return AuditLog(Path(cfg.security.audit_dir) / f"{site}.jsonl")
 
 
+# What a site does for each kind of message: (cfg, runtime, site, content, global state,
+# round, node context) -> (tensors to send or None, metrics).
+Work = Callable[[FedsiloConfig, SiteRuntime, str, RecordDict, dict, int, Context],
+                tuple[dict | None, dict]]
+
+
+def _train(cfg, runtime, site, content, state, round_number, context):
+    seed = site_seed(cfg.seed, site, round_number)
+    new_state, metrics = runtime.train(site, state, cfg.train.local_epochs, seed)
+    metrics["model_loads"] = float(runtime.fresh_model_loads())
+    log.info("site %s round %s: trained on %d examples, loss %.4f in %.1f s", site,
+             round_number, int(metrics["num_examples"]), metrics["train_loss"],
+             metrics["train_time_s"])
+    return new_state, metrics
+
+
+def _evaluate(cfg, runtime, site, content, state, round_number, context):
+    metrics = runtime.evaluate(site, state)
+    metrics["model_loads"] = float(runtime.fresh_model_loads())
+    return None, metrics
+
+
+def _local_baseline(cfg, runtime, site, content, state, round_number, context):
+    """Train alone from the initial adapter with the federation's compute, then test."""
+    epochs = int(content["config"]["epochs"])
+    trained, metrics = runtime.train(site, state, epochs, site_seed(cfg.seed, site, 0))
+    result = runtime.evaluate(site, trained)
+    result["train_time_s"] = metrics["train_time_s"]
+    return None, result
+
+
+def _personalize(cfg, runtime, site, content, state, round_number, context):
+    """The site's own head on the final global model; the head stays in node state."""
+    config = content["config"]
+    head, metrics = runtime.personalize(
+        site, state, int(config["epochs"]), float(config["learning-rate"]),
+        site_seed(cfg.seed, site, round_number),
+    )
+    context.state[PERSONAL_HEAD_RECORD] = state_to_record(head)
+    log.info("site %s: own head fine-tuned, test macro-F1 %.3f", site, metrics["macro_f1"])
+    return None, metrics
+
+
+QUERY_TASKS: dict[str, Work] = {LOCAL_BASELINE: _local_baseline, PERSONALIZE: _personalize}
+
+
+def _query(cfg, runtime, site, content, state, round_number, context):
+    task = str(content["config"]["task"])
+    if task not in QUERY_TASKS:
+        raise ValueError(f"unknown query task {task!r}")
+    return QUERY_TASKS[task](cfg, runtime, site, content, state, round_number, context)
+
+
+WORK: dict[str, Work] = {
+    MessageType.TRAIN: _train,
+    MessageType.EVALUATE: _evaluate,
+    MessageType.QUERY: _query,
+}
+
+
+def site_reply(cfg: FedsiloConfig, message_type: str, content: RecordDict,
+               context: Context) -> RecordDict:
+    """The content of a site's reply to one coordinator message; never raises.
+
+    A failure becomes an error reply naming the problem (file name and line, never a path
+    or text), so the coordinator can leave the site out and go on.
+    """
+    site, audit = "unknown", None
+    try:
+        site = site_of(cfg, context)
+        audit = _site_audit(cfg, site)
+        work = WORK.get(message_type)
+        if work is None:
+            raise ValueError(f"unsupported message type {message_type!r}")
+        runtime = runtime_for(cfg)
+        channel = runtime.channel(site, audit)
+        round_number = int(content["config"]["round"])
+        run_id = str(context.run_id)
+        state = channel.open_global(content["global"], run_id, round_number)
+        state = runtime.with_local_parts(state, context)
+        tensors, metrics = work(cfg, runtime, site, content, state, round_number, context)
+        tensors = runtime.keep_local_parts(tensors, context)
+        return channel.pack_reply(tensors, metrics, run_id, round_number)
+    except Exception as exc:  # noqa: BLE001 - a site's failure is reported, never raised
+        reason = _failure_reason(exc)
+        log.warning("site %s: %s", site, exc)
+        if audit is not None:
+            audit.append("message", peer="coordinator", direction="sent", size_bytes=0,
+                         payload_digest="", decision="error", reason=reason)
+        return site_error(site, reason)
+    finally:
+        if audit is not None:
+            audit.close()
+
+
 def make_client_app(cfg: FedsiloConfig) -> ClientApp:
-    """A ClientApp serving every site of ``cfg`` (one per simulated or deployed node)."""
+    """A ClientApp serving every site of ``cfg`` in this process (simulation, or a
+    deployment without a warm site worker)."""
     app = ClientApp()
 
-    def handle(msg: Message, context: Context, work) -> Message:
-        site, audit = "unknown", None
-        try:
-            site = site_of(cfg, context)
-            audit = _site_audit(cfg, site)
-            runtime = runtime_for(cfg)
-            channel = runtime.channel(site, audit)
-            round_number = int(msg.content["config"]["round"])
-            run_id = str(context.run_id)
-            state = channel.open_global(msg.content["global"], run_id, round_number)
-            state = runtime.with_local_parts(state, context)
-            tensors, metrics = work(runtime, site, msg, state, round_number, context)
-            tensors = runtime.keep_local_parts(tensors, context)
-            content = channel.pack_reply(tensors, metrics, run_id, round_number)
-        except Exception as exc:  # a site's failure is reported, never raised into Flower
-            reason = _failure_reason(exc)
-            log.warning("site %s: %s", site, exc)
-            if audit is not None:
-                audit.append("message", peer="coordinator", direction="sent", size_bytes=0,
-                             payload_digest="", decision="error", reason=reason)
-            content = site_error(site, reason)
-        finally:
-            if audit is not None:
-                audit.close()
-        return Message(content=content, reply_to=msg)
+    def reply(msg: Message, context: Context) -> Message:
+        return Message(content=site_reply(cfg, msg.metadata.message_type, msg.content, context),
+                       reply_to=msg)
 
-    def train_work(runtime: SiteRuntime, site: str, msg: Message, state, round_number: int,
-                   _context: Context):
-        seed = site_seed(cfg.seed, site, round_number)
-        new_state, metrics = runtime.train(site, state, cfg.train.local_epochs, seed)
-        metrics["model_loads"] = float(runtime.fresh_model_loads())
-        log.info("site %s round %s: trained on %d examples, loss %.4f in %.1f s", site,
-                 round_number, int(metrics["num_examples"]), metrics["train_loss"],
-                 metrics["train_time_s"])
-        return new_state, metrics
-
-    def evaluate_work(runtime: SiteRuntime, site: str, msg: Message, state, round_number: int,
-                      _context: Context):
-        metrics = runtime.evaluate(site, state)
-        metrics["model_loads"] = float(runtime.fresh_model_loads())
-        return None, metrics
-
-    def query_work(runtime: SiteRuntime, site: str, msg: Message, state, round_number: int,
-                   context: Context):
-        task = str(msg.content["config"]["task"])
-        if task == LOCAL_BASELINE:
-            return local_baseline_work(runtime, site, msg, state)
-        if task == PERSONALIZE:
-            return personalize_work(runtime, site, msg, state, round_number, context)
-        raise ValueError(f"unknown query task {task!r}")
-
-    def local_baseline_work(runtime: SiteRuntime, site: str, msg: Message, state):
-        """Train alone from the initial adapter with the federation's compute, then test."""
-        epochs = int(msg.content["config"]["epochs"])
-        trained, metrics = runtime.train(site, state, epochs, site_seed(cfg.seed, site, 0))
-        result = runtime.evaluate(site, trained)
-        result["train_time_s"] = metrics["train_time_s"]
-        return None, result
-
-    def personalize_work(runtime: SiteRuntime, site: str, msg: Message, state,
-                         round_number: int, context: Context):
-        """The site's own head on the final global model; the head stays in node state."""
-        config = msg.content["config"]
-        head, metrics = runtime.personalize(
-            site, state, int(config["epochs"]), float(config["learning-rate"]),
-            site_seed(cfg.seed, site, round_number),
-        )
-        context.state[PERSONAL_HEAD_RECORD] = state_to_record(head)
-        log.info("site %s: own head fine-tuned, test macro-F1 %.3f", site, metrics["macro_f1"])
-        return None, metrics
-
-    @app.train()
-    def train(msg: Message, context: Context) -> Message:
-        return handle(msg, context, train_work)
-
-    @app.evaluate()
-    def evaluate_(msg: Message, context: Context) -> Message:
-        return handle(msg, context, evaluate_work)
-
-    @app.query()
-    def query(msg: Message, context: Context) -> Message:
-        return handle(msg, context, query_work)
-
+    app.train()(reply)
+    app.evaluate()(reply)
+    app.query()(reply)
     return app
