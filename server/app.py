@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -9,15 +10,15 @@ from pathlib import Path
 from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
+from common.audit import AuditLog
+from common.channel import CoordinatorChannel
 from common.config import FedsiloConfig
 from common.federation import federation_labels
 from common.model import SiteModel, build_site_model, save_adapter
 from common.wire import AdapterState, record_to_state, state_to_record
-from common.audit import AuditLog
-from common.channel import CoordinatorChannel
 from server.coordinator import Coordinator, RoundObserver, RoundRecord
 from server.enrollment import COORDINATOR, coordinator_identity, enrolled_sites
-from server.report import append_jsonl
+from server.report import ResultTable, append_jsonl, atomic_write, build_table
 from strategies import create_strategy, local_tensors
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,36 @@ class CoordinatorOutcome:
             site: f"rounds {','.join(map(str, rounds))}: {reason}"
             for site, (rounds, reason) in reasons.items()
         }
+
+
+    def require_learning(self) -> None:
+        """Raise when no round had a usable update: nothing was learned."""
+        if not any(record.aggregated for record in self.rounds):
+            reasons = "; ".join(f"{s}: {r}" for s, r in sorted(self.excluded().items()))
+            raise NothingLearned(f"no round had a usable update, nothing was learned "
+                                 f"({reasons or 'no site replied'})")
+
+    def table(self, cfg: FedsiloConfig, baselines: dict | None = None,
+              baseline_failures: dict[str, str] | None = None) -> ResultTable:
+        """The per-country table: the global model, the sites' own heads, any baselines."""
+        arms = {"federated": self.rounds[-1].evaluate, **(baselines or {})}
+        excluded = self.excluded()
+        if self.personal or self.personal_failures:
+            arms["personal"] = self.personal
+            for site, reason in self.personal_failures.items():
+                excluded.setdefault(site, f"own head: {reason}")
+        for site, reason in (baseline_failures or {}).items():
+            excluded.setdefault(site, reason)
+        trained = {site for record in self.rounds for site in record.train}
+        return build_table(cfg.site_ids(), arms, excluded, trained)
+
+    def write_results(self, run_dir: Path, table: ResultTable) -> None:
+        atomic_write(run_dir / "results.md", table.to_markdown())
+        atomic_write(run_dir / "results.json", json.dumps(table.to_dict(), indent=1))
+
+
+class NothingLearned(RuntimeError):
+    """The federation ended without a single aggregated round."""
 
 
 class RunRecorder(RoundObserver):

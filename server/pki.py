@@ -67,7 +67,7 @@ def create_ca(directory: Path, common_name: str = "fedsilo federation CA",
               overwrite: bool = False) -> tuple[Path, Path]:
     """Write ``ca.pem`` (give it to every site) and ``ca.key`` (keep it at the coordinator)."""
     key = ec.generate_private_key(ec.SECP384R1())
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(_name(common_name))
@@ -102,7 +102,7 @@ def issue_server_certificate(directory: Path, ca_cert: Path, ca_key: Path,
     issuer = load_certificate(ca_cert)
     issuer_key = _load_key(ca_key)
     key = ec.generate_private_key(ec.SECP384R1())
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(_name(f"fedsilo SuperLink {hosts[0]}"))
@@ -163,7 +163,7 @@ def check_server_certificate(files: TlsFiles, host: str) -> None:
     except (ValueError, TypeError, InvalidSignature):
         raise CertificateError(f"{files.cert} is not signed by the CA in {files.ca_cert}; "
                                "sites would refuse it") from None
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
         raise CertificateError(f"{files.cert} is not valid now (valid "
                                f"{cert.not_valid_before_utc:%Y-%m-%d} to "

@@ -8,7 +8,6 @@ only possible in simulation, where the silos sit on one machine).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import warnings
@@ -18,13 +17,13 @@ from pathlib import Path
 from common.config import FedsiloConfig
 from common.data import SiteDataError, load_silo, prepare_silos
 from common.federation import federation_labels, silo_dir, silo_root, site_seed
-from common.offline import apply_offline_switches, hub_offline_from_now
 from common.model import build_site_model
+from common.offline import apply_offline_switches, hub_offline_from_now
 from common.offline_model import resolve_model_source
 from common.training import StepCallback, concat_splits, encode_split, evaluate, train_local
 from server.coordinator import RoundObserver
 from server.enrollment import provision_simulation_keys
-from server.report import ResultTable, atomic_write, build_table, create_run_dir
+from server.report import ResultTable, create_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +91,7 @@ def run_centralized(
         except (SiteDataError, FileNotFoundError) as exc:
             failures[site] = str(exc)
             continue
-        encode = lambda split: encode_split(  # noqa: E731
+        encode = lambda split: encode_split(
             site_model.tokenizer, split.texts, split.labels, cfg.model.max_length
         )
         train_parts.append(encode(train))
@@ -128,7 +127,7 @@ def simulate(
     from flwr.simulation import run_simulation  # after the switches: imports Ray
 
     from client.app import make_client_app
-    from server.app import CoordinatorOutcome, make_server_app
+    from server.app import CoordinatorOutcome, NothingLearned, make_server_app
 
     started = time.perf_counter()
     model_source = resolve_model_source(cfg.model.name, cfg.model.source)
@@ -165,28 +164,20 @@ def simulate(
             raise SimulationFailed(f"the federation stopped: {exc}") from exc
     if outcome.final_state is None or not outcome.rounds:
         raise SimulationFailed("the coordinator ended without completing a round")
-    if not any(record.aggregated for record in outcome.rounds):
-        reasons = "; ".join(f"{s}: {r}" for s, r in sorted(outcome.excluded().items()))
-        raise SimulationFailed(f"no round had a usable update, nothing was learned ({reasons})")
+    try:
+        outcome.require_learning()
+    except NothingLearned as exc:
+        raise SimulationFailed(str(exc)) from None
 
-    arms = {"federated": outcome.rounds[-1].evaluate}
-    excluded = outcome.excluded()
-    if outcome.personal or outcome.personal_failures:
-        arms["personal"] = outcome.personal
-        for site, reason in outcome.personal_failures.items():
-            excluded.setdefault(site, f"own head: {reason}")
+    baselines, failures = {}, {}
     if cfg.simulation.baselines:
-        arms["local"] = outcome.local
-        arms["centralized"], central_failures = run_centralized(
+        baselines["local"] = outcome.local
+        baselines["centralized"], central_failures = run_centralized(
             cfg, outcome, labels, centralized_step
         )
-        for site, reason in {**outcome.local_failures, **central_failures}.items():
-            excluded.setdefault(site, reason)
-
-    trained = {site for record in outcome.rounds for site in record.train}
-    table = build_table(cfg.site_ids(), arms, excluded, trained)
-    atomic_write(run_dir / "results.md", table.to_markdown())
-    atomic_write(run_dir / "results.json", json.dumps(table.to_dict(), indent=1))
+        failures = {**outcome.local_failures, **central_failures}
+    table = outcome.table(cfg, baselines, failures)
+    outcome.write_results(run_dir, table)
     wall_s = time.perf_counter() - started
     log.info("simulation finished in %.0f s", wall_s)
     return SimulationResult(run_dir=run_dir, table=table, wall_s=wall_s)

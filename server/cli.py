@@ -1,0 +1,209 @@
+"""`fedsilo coordinator ...` and `fedsilo run`: what the coordinator's operator runs."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from common.console import ConfigOption, SetOption, console, fail, load, setup_logging
+
+coordinator_app = typer.Typer(help="The coordinator: CA, SuperLink, enrollment.",
+                              no_args_is_help=True)
+HomeArg = Annotated[Path, typer.Argument(help="The coordinator home folder.")]
+STATUS_POLL_S = 2.0
+
+
+def _home(root: Path):
+    from server.deploy import CoordinatorHome, DeploymentError
+
+    home = CoordinatorHome(root)
+    try:
+        home.settings()
+    except DeploymentError as exc:
+        fail(str(exc))
+    return home
+
+
+@coordinator_app.command("init")
+def coordinator_init(
+    root: HomeArg,
+    host: Annotated[str, typer.Option(help="Address the SuperLink listens on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="The SuperLink's port (HTTPS).")] = 39500,
+    cert_host: Annotated[list[str] | None, typer.Option(
+        help="Names/IPs the certificate is valid for (repeatable; default: host, localhost)."
+    )] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="Your own SuperLink certificate.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="Its private key (PEM).")] = None,
+    tls_ca: Annotated[Path | None, typer.Option(help="The CA that signed it.")] = None,
+) -> None:
+    """Create the federation's CA, the SuperLink certificate and the coordinator's keys."""
+    setup_logging(False)
+    from server.deploy import DeploymentError, init_coordinator
+    from server.pki import CertificateError, TlsFiles
+
+    own = None
+    if any((tls_cert, tls_key, tls_ca)):
+        if not all((tls_cert, tls_key, tls_ca)):
+            fail("give all three of --tls-cert, --tls-key and --tls-ca, or none")
+        own = TlsFiles(ca_cert=tls_ca, cert=tls_cert, key=tls_key)
+    try:
+        home = init_coordinator(root, host, port, cert_host, own)
+    except (DeploymentError, CertificateError, FileExistsError) as exc:
+        fail(str(exc))
+    from server.pki import fingerprint, load_certificate
+
+    console.print(f"coordinator home: {home.root}")
+    console.print(f"give every site: {home.tls.ca_cert} (SHA-256 "
+                  f"{fingerprint(load_certificate(home.tls.ca_cert))}) and "
+                  f"{home.keys_dir / 'coordinator.pub.json'}")
+    console.print(f"next: fedsilo coordinator start {home.root}")
+
+
+@coordinator_app.command("start")
+def coordinator_start(root: HomeArg) -> None:
+    """Start the SuperLink (TLS, only enrolled SuperNodes may join) in the background."""
+    setup_logging(False)
+    from server.deploy import DeploymentError, start_superlink
+
+    home = _home(root)
+    try:
+        pid = start_superlink(home)
+    except DeploymentError as exc:
+        fail(str(exc), code=1)
+    console.print(f"SuperLink running on {home.address()} (PID {pid}); log {home.log_file}")
+
+
+@coordinator_app.command("stop")
+def coordinator_stop(root: HomeArg) -> None:
+    """Stop the SuperLink this home started."""
+    from server.deploy import stop_superlink
+
+    home = _home(root)
+    console.print("SuperLink stopped" if stop_superlink(home) else "SuperLink was not running")
+
+
+@coordinator_app.command("enroll")
+def coordinator_enroll(
+    root: HomeArg,
+    site: Annotated[str, typer.Argument(help="The site id, as in federation.sites.")],
+    node_key: Annotated[Path, typer.Option(help="The site's <site>.node-key.pub.")],
+    identity: Annotated[Path, typer.Option(help="The site's <site>.pub.json.")],
+) -> None:
+    """Let a site in: register its SuperNode key and its update-signing identity."""
+    setup_logging(False)
+    from client.node_auth import NodeKeyError
+    from common.keys import KeyFileError
+    from server.deploy import DeploymentError, enroll_site
+
+    home = _home(root)
+    try:
+        node_id = enroll_site(home, site, node_key, identity)
+    except (DeploymentError, NodeKeyError, KeyFileError, FileNotFoundError) as exc:
+        fail(str(exc), code=1)
+    console.print(f"site {site} enrolled (SuperNode id {node_id})")
+
+
+@coordinator_app.command("status")
+def coordinator_status(root: HomeArg) -> None:
+    """The SuperLink's process, the connected SuperNodes and the runs."""
+    from server.deploy import CONNECTION, DeploymentError, flwr, running_pid
+
+    home = _home(root)
+    pid = running_pid(home.pid_file, "flower-superlink")
+    if pid is None:
+        console.print(f"SuperLink not running (start it: fedsilo coordinator start {root})")
+        raise typer.Exit(1)
+    console.print(f"SuperLink PID {pid} on {home.address()}")
+    try:
+        nodes = flwr(home, "supernode", "ls", CONNECTION).get("nodes", [])
+        runs = flwr(home, "ls", CONNECTION).get("runs", [])
+    except DeploymentError as exc:
+        fail(str(exc), code=1)
+    for node in nodes:
+        console.print(f"node {node.get('node-id')}: {node.get('name', '')} "
+                      f"{node.get('status', '')}")
+    for run in runs:
+        console.print(f"run {run.get('run-id')}: {run.get('status')} {run.get('elapsed', '')}")
+
+
+def run(
+    root: HomeArg,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    timeout_s: Annotated[float | None, typer.Option(
+        help="Give up (and stop the run) after this long; default: rounds x round timeout."
+    )] = None,
+) -> None:
+    """Submit a federated run to the coordinator's SuperLink and follow it to the end.
+
+    Exits non-zero when the run fails or learns nothing (Flower's own `flwr run` does not).
+    """
+    setup_logging(False)
+    cfg = load(config, set_)
+    from common.federation import federation_labels
+    from server.deploy import DeploymentError, run_status, stop_run, submit_run
+    from server.report import create_run_dir
+
+    home = _home(root)
+    try:
+        labels = federation_labels(cfg)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(f"{exc} (the coordinator needs the label set: set data.labels)")
+    security = cfg.security.model_copy(update={"keys_dir": home.keys_dir.resolve()})
+    cfg = cfg.model_copy(update={"security": security,
+                                 "data": cfg.data.model_copy(update={"labels": labels})})
+    run_dir = create_run_dir(cfg).resolve()
+    (run_dir / "audit").mkdir(mode=0o700)
+    security = security.model_copy(update={"audit_dir": run_dir / "audit"})
+    cfg = cfg.model_copy(update={"security": security})
+    from common.config import config_to_yaml
+    from server.report import atomic_write
+
+    atomic_write(run_dir / "config.yaml", config_to_yaml(cfg))
+    try:
+        run_id = submit_run(home, run_dir / "config.yaml", run_dir)
+    except DeploymentError as exc:
+        fail(str(exc), code=1)
+    console.print(f"run {run_id} submitted; run directory {run_dir}")
+
+    limit = timeout_s or cfg.federation.rounds * cfg.federation.round_timeout_s + 600
+    deadline = time.monotonic() + limit
+    shown, status = 0, {}
+    while time.monotonic() < deadline:
+        shown = _show_rounds(run_dir / "metrics.jsonl", shown)
+        try:
+            status = run_status(home, run_id)
+        except DeploymentError as exc:
+            fail(str(exc), code=1)
+        if str(status.get("status", "")).startswith("finished"):
+            break
+        time.sleep(STATUS_POLL_S)
+    else:
+        stop_run(home, run_id)
+        fail(f"run {run_id} did not finish within {limit:.0f} s; stopped it", code=1)
+    _show_rounds(run_dir / "metrics.jsonl", shown)
+    if status.get("status") != "finished:completed" or not (run_dir / "results.md").exists():
+        fail(f"run {run_id} {status.get('status')}: {status.get('status-details', '')}; "
+             f"see {home.log_file}", code=1)
+    console.print((run_dir / "results.md").read_text(encoding="utf-8"))
+    console.print(f"run directory: {run_dir}")
+
+
+def _show_rounds(metrics: Path, shown: int) -> int:
+    """Print the rounds recorded since the last call; how many are shown now."""
+    if not metrics.exists():
+        return shown
+    lines = metrics.read_text(encoding="utf-8").splitlines()
+    for line in lines[shown:]:
+        record = json.loads(line)
+        f1 = [m["macro_f1"] for m in record["evaluate"].values()]
+        left_out = f", left out: {', '.join(sorted(record['excluded']))}" \
+            if record["excluded"] else ""
+        console.print(f"round {record['round']}: {len(record['train'])} sites trained, mean "
+                      f"macro-F1 {sum(f1) / max(len(f1), 1):.3f}, {record['wall_s']:.1f} s"
+                      f"{left_out}")
+    return len(lines)
