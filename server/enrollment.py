@@ -43,7 +43,7 @@ def enrolled_sites(keys_dir: Path, sites: list[SiteSpec]) -> dict[str, PublicIde
             "it exported (federation.sites[].public_key)"
         )
     registry = load_registry(paths.values())
-    for site, identity in registry.items():
+    for site in registry:
         if site not in paths:
             raise ValueError(f"public key file for a site named {site!r} is enrolled under "
                              "another site id")
