@@ -16,6 +16,7 @@ from common.config import FedsiloConfig
 from common.federation import federation_labels
 from common.model import SiteModel, build_site_model, save_adapter
 from common.wire import AdapterState, record_to_state, state_to_record
+from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from server.coordinator import Coordinator, RoundObserver, RoundRecord
 from server.enrollment import COORDINATOR, coordinator_identity, enrolled_sites
 from server.report import ResultTable, append_jsonl, atomic_write, build_table
@@ -74,6 +75,17 @@ class CoordinatorOutcome:
     def write_results(self, run_dir: Path, table: ResultTable) -> None:
         atomic_write(run_dir / "results.md", table.to_markdown())
         atomic_write(run_dir / "results.json", json.dumps(table.to_dict(), indent=1))
+
+
+def restore_rounds(metrics: Path, last_round: int) -> list[RoundRecord]:
+    """The rounds a resumed run already completed; later lines (a round cut short by the
+    crash, after its checkpoint) are dropped from ``metrics``."""
+    if not metrics.exists():
+        return []
+    kept = [line for line in metrics.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line)["round"] <= last_round]
+    atomic_write(metrics, "".join(line + "\n" for line in kept))
+    return [RoundRecord(**json.loads(line)) for line in kept]
 
 
 class NothingLearned(RuntimeError):
@@ -151,6 +163,21 @@ def coordinate(
     strategy = create_strategy(cfg.strategy)
     is_local = local_tensors(strategy)
     shared_initial = {k: v for k, v in outcome.initial_state.items() if not is_local(k)}
+    start_round, shared_start = 0, shared_initial
+    resumed = load_checkpoint(run_dir)
+    if resumed is not None:
+        start_round, shared_start = resumed.round, resumed.global_state
+        if hasattr(strategy, "import_state"):
+            strategy.import_state(resumed.strategy_state)
+        outcome.rounds = restore_rounds(run_dir / "metrics.jsonl", start_round)
+        log.info("resuming %s after round %d of %d", run_dir, start_round,
+                 cfg.federation.rounds)
+
+    def checkpoint(round_number: int, state: AdapterState) -> None:
+        strategy_state = strategy.export_state() if hasattr(strategy, "export_state") else {}
+        head = channel.audit.head if channel.audit is not None else None
+        save_checkpoint(run_dir, Checkpoint(round_number, state, strategy_state, head))
+
     coordinator = Coordinator(
         strategy=strategy,
         channel=channel,
@@ -158,16 +185,21 @@ def coordinate(
         min_sites=cfg.federation.min_sites,
         max_update_norm=cfg.security.max_update_norm,
         observer=recorder,
+        checkpoint=checkpoint,
     )
-    result = coordinator.start(
-        grid=grid,
-        initial_arrays=state_to_record(shared_initial),
-        num_rounds=cfg.federation.rounds,
-        timeout=cfg.federation.round_timeout_s,
-        train_config=ConfigRecord({"local-epochs": cfg.train.local_epochs}),
-    )
-    aggregated = result.arrays is not None and len(result.arrays) > 0
-    shared_final = record_to_state(result.arrays) if aggregated else shared_initial
+    coordinator.round_offset = start_round
+    shared_final = shared_start
+    if cfg.federation.rounds > start_round:
+        result = coordinator.start(
+            grid=grid,
+            initial_arrays=state_to_record(shared_start),
+            num_rounds=cfg.federation.rounds - start_round,
+            timeout=cfg.federation.round_timeout_s,
+            train_config=ConfigRecord({"local-epochs": cfg.train.local_epochs}),
+        )
+        if result.arrays is not None and len(result.arrays) > 0:
+            shared_final = record_to_state(result.arrays)
+    aggregated = any(record.aggregated for record in outcome.rounds)
     # Parts kept at the sites (a personal head) never reach the coordinator: the saved
     # global adapter carries their initial values.
     outcome.final_state = {**outcome.initial_state, **shared_final}

@@ -137,33 +137,27 @@ def run(
     timeout_s: Annotated[float | None, typer.Option(
         help="Give up (and stop the run) after this long; default: rounds x round timeout."
     )] = None,
+    resume: Annotated[Path | None, typer.Option(
+        help="A run directory to continue from its last checkpoint (after a crash or stop)."
+    )] = None,
 ) -> None:
     """Submit a federated run to the coordinator's SuperLink and follow it to the end.
 
     Exits non-zero when the run fails or learns nothing (Flower's own `flwr run` does not).
     """
     setup_logging(False)
-    cfg = load(config, set_)
-    from common.federation import federation_labels
     from server.deploy import DeploymentError, run_status, stop_run, submit_run
-    from server.report import create_run_dir
 
     home = _home(root)
-    try:
-        labels = federation_labels(cfg)
-    except (FileNotFoundError, ValueError) as exc:
-        fail(f"{exc} (the coordinator needs the label set: set data.labels)")
-    security = cfg.security.model_copy(update={"keys_dir": home.keys_dir.resolve()})
-    cfg = cfg.model_copy(update={"security": security,
-                                 "data": cfg.data.model_copy(update={"labels": labels})})
-    run_dir = create_run_dir(cfg).resolve()
-    (run_dir / "audit").mkdir(mode=0o700)
-    security = security.model_copy(update={"audit_dir": run_dir / "audit"})
-    cfg = cfg.model_copy(update={"security": security})
-    from common.config import config_to_yaml
-    from server.report import atomic_write
-
-    atomic_write(run_dir / "config.yaml", config_to_yaml(cfg))
+    if resume is not None:
+        if config is not None or set_:
+            fail("--resume takes the run's own config.yaml; drop --config and --set")
+        run_dir = resume.resolve()
+        cfg = load(run_dir / "config.yaml", [])
+        _describe_resume(run_dir)
+    else:
+        cfg = load(config, set_)
+        run_dir = _new_run_dir(cfg, home)
     try:
         run_id = submit_run(home, run_dir / "config.yaml", run_dir)
     except DeploymentError as exc:
@@ -191,6 +185,40 @@ def run(
              f"see {home.log_file}", code=1)
     console.print((run_dir / "results.md").read_text(encoding="utf-8"))
     console.print(f"run directory: {run_dir}")
+
+
+def _new_run_dir(cfg, home) -> Path:
+    """A fresh run directory holding the config the coordinator runs: the federation's label
+    set resolved, keys from the coordinator home, audit log in the run directory."""
+    from common.config import config_to_yaml
+    from common.federation import federation_labels
+    from server.report import atomic_write, create_run_dir
+
+    try:
+        labels = federation_labels(cfg)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(f"{exc} (the coordinator needs the label set: set data.labels)")
+    run_dir = create_run_dir(cfg).resolve()
+    (run_dir / "audit").mkdir(mode=0o700)
+    security = cfg.security.model_copy(update={"keys_dir": home.keys_dir.resolve(),
+                                               "audit_dir": run_dir / "audit"})
+    cfg = cfg.model_copy(update={"security": security,
+                                 "data": cfg.data.model_copy(update={"labels": labels})})
+    atomic_write(run_dir / "config.yaml", config_to_yaml(cfg))
+    return run_dir
+
+
+def _describe_resume(run_dir: Path) -> None:
+    from server.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        checkpoint = load_checkpoint(run_dir)
+    except CheckpointError as exc:
+        fail(str(exc), code=1)
+    if checkpoint is None:
+        console.print(f"{run_dir}: no checkpoint yet; the run starts again from round 1")
+    else:
+        console.print(f"{run_dir}: resuming after round {checkpoint.round}")
 
 
 def _show_rounds(metrics: Path, shown: int) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -84,6 +84,7 @@ class Coordinator(FlowerStrategy):
         min_sites: int,
         max_update_norm: float = float("inf"),
         observer: RoundObserver | None = None,
+        checkpoint: Callable[[int, AdapterState], None] | None = None,
     ) -> None:
         self.strategy = strategy
         self.channel = channel
@@ -93,6 +94,9 @@ class Coordinator(FlowerStrategy):
         self.observer = observer or RoundObserver()
         self.rounds: dict[int, RoundRecord] = {}
         self.global_state: AdapterState = {}
+        self.latest_state: AdapterState = {}  # after the last aggregation
+        self.round_offset = 0  # rounds completed before this run (a resumed run)
+        self.checkpoint = checkpoint
 
     # Messages out
 
@@ -117,6 +121,7 @@ class Coordinator(FlowerStrategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        server_round += self.round_offset  # the run's round, counted across resumes
         self.rounds[server_round] = RoundRecord(round=server_round)
         self.global_state = {name: array.numpy() for name, array in arrays.items()}
         self.observer.phase(server_round, "train")
@@ -126,6 +131,7 @@ class Coordinator(FlowerStrategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        server_round += self.round_offset  # the run's round, counted across resumes
         self.observer.phase(server_round, "evaluate")
         return self._messages(grid, arrays, config, server_round, MessageType.EVALUATE)
 
@@ -145,6 +151,7 @@ class Coordinator(FlowerStrategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round += self.round_offset  # the run's round, counted across resumes
         record = self.rounds[server_round]
         updates: list[SiteUpdate] = []
         for reply in replies:
@@ -171,7 +178,9 @@ class Coordinator(FlowerStrategy):
                 "global adapter unchanged", server_round, len(updates), self.min_sites
             )
             return None, None
+        updates.sort(key=lambda update: update.site)  # the same sum whatever the reply order
         new_state = self.strategy.aggregate(self.global_state, updates)
+        self.latest_state = new_state
         record.aggregated = True
         total = sum(u.num_examples for u in updates)
         loss = sum(record.train[u.site]["train_loss"] * u.num_examples for u in updates) / total
@@ -182,6 +191,7 @@ class Coordinator(FlowerStrategy):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
+        server_round += self.round_offset  # the run's round, counted across resumes
         record = self.rounds[server_round]
         for reply in replies:
             try:
@@ -194,6 +204,8 @@ class Coordinator(FlowerStrategy):
             record.evaluate[site] = metrics
         record.wall_s = time.perf_counter() - record.started
         self.observer.round_done(record)
+        if self.checkpoint is not None:
+            self.checkpoint(server_round, self.latest_state or self.global_state)
         if not record.evaluate:
             return None
         f1 = [m["macro_f1"] for m in record.evaluate.values()]

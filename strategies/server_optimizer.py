@@ -21,6 +21,16 @@ class ServerOptimizer:
         self.first: AdapterState = {}
         self.second: AdapterState = {}
 
+    def export_state(self) -> AdapterState:
+        """The moments, for the coordinator's checkpoint."""
+        return {**{f"first/{k}": v for k, v in self.first.items()},
+                **{f"second/{k}": v for k, v in self.second.items()}}
+
+    def import_state(self, state: AdapterState) -> None:
+        self.first = {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith("first/")}
+        self.second = {k.split("/", 1)[1]: v for k, v in state.items()
+                       if k.startswith("second/")}
+
     def second_moment(self, previous: np.ndarray, squared: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 

@@ -9,8 +9,10 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -124,3 +126,56 @@ def test_two_rounds_run_over_tls_and_write_a_run_directory(federation):
     for site in TINY_SITES:
         assert (federation["base"] / f"site-{site}" / "audit" / f"{site}.jsonl").is_file()
     assert all(p.poll() is None for p in federation["joins"])  # sites stay up between runs
+
+
+def _wait_for(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def _run_dir_from(output: str) -> Path:
+    return Path(output.strip().splitlines()[-1].split("run directory: ")[1])
+
+
+def test_a_killed_coordinator_resumes_and_ends_as_an_uninterrupted_run(federation):
+    from safetensors.numpy import load_file
+
+    base, coordinator = federation["base"], federation["coordinator"]
+    config = base / "three-rounds.yaml"
+    text = federation["config"].read_text().replace("rounds: 2", "rounds: 3")
+    config.write_text(text)
+    assert "rounds: 3" in text
+
+    done = fedsilo("run", str(coordinator), "--config", str(config), timeout=700)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    uninterrupted = _run_dir_from(done.stdout)
+
+    # The same run, with the coordinator killed once round 1 is checkpointed.
+    before = set((base / "runs").iterdir())
+    follower = _spawn(["run", str(coordinator), "--config", str(config)], base / "killed.log")
+    try:
+        _wait_for(lambda: len(set((base / "runs").iterdir()) - before) == 1, 60, "run dir")
+        (run_dir,) = set((base / "runs").iterdir()) - before
+        _wait_for(lambda: (run_dir / "checkpoint" / "checkpoint.json").exists(), 300,
+                  "the first checkpoint")
+        assert fedsilo("coordinator", "stop", str(coordinator)).returncode == 0
+        assert follower.wait(timeout=120) != 0  # the run did not finish: the command says so
+    finally:
+        _stop(follower)
+    assert fedsilo("coordinator", "start", str(coordinator)).returncode == 0
+    done = fedsilo("run", str(coordinator), "--resume", str(run_dir), timeout=700)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "resuming after round" in done.stdout
+
+    rounds = [json.loads(line)["round"] for line in (run_dir / "metrics.jsonl").open()]
+    assert rounds == [1, 2, 3]
+    final = load_file(str(run_dir / "global" / "adapter_model.safetensors"))
+    reference = load_file(str(uninterrupted / "global" / "adapter_model.safetensors"))
+    assert final.keys() == reference.keys()
+    for name in final:
+        np.testing.assert_allclose(final[name], reference[name], rtol=1e-5, atol=1e-7,
+                                   err_msg=name)
