@@ -239,7 +239,9 @@ def _train(cfg, runtime, site, content, state, round_number, context):
 
 
 def _evaluate(cfg, runtime, site, content, state, round_number, context):
+    started = time.perf_counter()
     metrics = runtime.evaluate(site, state)
+    metrics["eval_time_s"] = time.perf_counter() - started
     metrics["model_loads"] = float(runtime.fresh_model_loads())
     return None, metrics
 

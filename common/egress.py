@@ -17,7 +17,8 @@ SITE_RECORD_KEYS = frozenset({"site", "status", "reason"})
 
 # Named scalar metrics a site may report; nothing per example.
 DEFAULT_METRICS = frozenset({
-    "num_examples", "train_loss", "train_time_s", "accuracy", "macro_f1", "model_loads",
+    "num_examples", "train_loss", "train_time_s", "eval_time_s", "accuracy", "macro_f1",
+    "model_loads",
 })
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 from typing import Annotated
@@ -64,10 +65,15 @@ def coordinator_init(
 
 
 @coordinator_app.command("start")
-def coordinator_start(root: HomeArg) -> None:
+def coordinator_start(
+    root: HomeArg,
+    foreground: Annotated[bool, typer.Option(
+        help="Stay in the foreground until the SuperLink ends; SIGTERM stops it (containers)."
+    )] = False,
+) -> None:
     """Start the SuperLink (TLS, only enrolled SuperNodes may join) in the background."""
     setup_logging(False)
-    from server.deploy import DeploymentError, start_superlink
+    from server.deploy import DeploymentError, running_pid, start_superlink, stop_superlink
 
     home = _home(root)
     try:
@@ -75,6 +81,17 @@ def coordinator_start(root: HomeArg) -> None:
     except DeploymentError as exc:
         fail(str(exc), code=1)
     console.print(f"SuperLink running on {home.address()} (PID {pid}); log {home.log_file}")
+    if not foreground:
+        return
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
+    while not stopping and running_pid(home.pid_file, "flower-superlink") == pid:
+        time.sleep(0.5)
+    if stop_superlink(home):
+        console.print("SuperLink stopped")
+    else:
+        fail(f"the SuperLink ended by itself; see {home.log_file}", code=1)
 
 
 @coordinator_app.command("stop")

@@ -114,6 +114,9 @@ def init_coordinator(root: Path, host: str = "127.0.0.1", port: int = DEFAULT_PO
     """Create the coordinator home: CA and SuperLink certificate (or the operator's own),
     the coordinator's identity, the flwr CLI's connection and the app to submit."""
     home = CoordinatorHome(Path(root))
+    if not cert_hosts and host in ("0.0.0.0", "::"):
+        raise DeploymentError("listening on all interfaces: name the address sites use "
+                              "with --cert-host")
     if (home.root / "coordinator.json").exists():
         raise DeploymentError(f"{home.root} is already a coordinator home")
     home.root.mkdir(parents=True, exist_ok=True)
@@ -123,11 +126,11 @@ def init_coordinator(root: Path, host: str = "127.0.0.1", port: int = DEFAULT_PO
         ca_cert, ca_key = create_ca(tls_dir)
         issue_server_certificate(tls_dir, ca_cert, ca_key, cert_hosts or [host, "localhost"])
     else:
-        check_server_certificate(own_tls, host)
+        check_server_certificate(own_tls, (cert_hosts or [host])[0])
         for source, dest in zip(own_tls.__dict__.values(), home.tls.__dict__.values()):
             shutil.copyfile(source, dest)
         home.tls.key.chmod(0o600)
-    check_server_certificate(home.tls, host)
+    check_server_certificate(home.tls, (cert_hosts or [host])[0])
 
     home.keys_dir.mkdir(mode=0o700, exist_ok=True)
     save_identity(generate_identity(COORDINATOR, kem), home.keys_dir)
@@ -260,9 +263,12 @@ def enroll_site(home: CoordinatorHome, site: str, node_key: Path, identity: Path
     return node_id
 
 
-def submit_run(home: CoordinatorHome, config_path: Path, run_dir: Path) -> int:
+def submit_run(home: CoordinatorHome, config_path: Path, run_dir: Path,
+               app_dir: Path | None = None) -> int:
+    """Submit fedsilo's app (or ``app_dir``, a variant) as a run; its run id."""
     run_config = f"fedsilo-config='{config_path.resolve()}' run-dir='{run_dir.resolve()}'"
-    result = flwr(home, "run", str(home.app_dir), CONNECTION, "--run-config", run_config)
+    result = flwr(home, "run", str(app_dir or home.app_dir), CONNECTION, "--run-config",
+                  run_config)
     return int(result["run-id"])
 
 

@@ -179,3 +179,32 @@ def test_a_killed_coordinator_resumes_and_ends_as_an_uninterrupted_run(federatio
     for name in final:
         np.testing.assert_allclose(final[name], reference[name], rtol=1e-5, atol=1e-7,
                                    err_msg=name)
+
+
+def test_the_container_entrypoint_runs_the_superlink_in_the_foreground(tmp_path):
+    from server.deploy import tls_answers
+
+    home = tmp_path / "coordinator"
+    port = _free_port()
+    assert fedsilo("coordinator", "init", str(home), "--port", str(port)).returncode == 0
+    process = _spawn(["coordinator", "start", str(home), "--foreground"], tmp_path / "fg.log")
+    try:
+        _wait_for(lambda: tls_answers("127.0.0.1", port, home / "tls" / "ca.pem"), 90,
+                  "the SuperLink")
+        pid = int((home / "logs" / "superlink.pid").read_text())
+        assert process.poll() is None
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+        assert not Path(f"/proc/{pid}").exists() or \
+            Path(f"/proc/{pid}/status").read_text().find("zombie") >= 0
+    finally:
+        _stop(process)
+
+
+def test_a_coordinator_listening_on_all_interfaces_needs_a_certificate_name(tmp_path):
+    done = fedsilo("coordinator", "init", str(tmp_path / "a"), "--host", "0.0.0.0")
+    assert done.returncode != 0 and "--cert-host" in done.stdout + done.stderr
+    assert not (tmp_path / "a").exists()
+    done = fedsilo("coordinator", "init", str(tmp_path / "b"), "--host", "0.0.0.0",
+                   "--cert-host", "coordinator")
+    assert done.returncode == 0, done.stdout + done.stderr
