@@ -216,10 +216,17 @@ def model_convert(
 
 
 @config_app.command("show")
-def config_show(config: ConfigOption = None, set_: SetOption = None) -> None:
+def config_show(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    reference: Annotated[bool, typer.Option(
+        help="Also print the reference of every key (--no-reference: the YAML alone).")] = True,
+) -> None:
     """Print the resolved configuration and the reference of every key."""
     cfg = _load(config, set_)
     console.print(config_to_yaml(cfg))
+    if not reference:
+        return
     view = Table(title="configuration reference")
     for column in ("key", "default", "description"):
         view.add_column(column)
