@@ -22,7 +22,7 @@ from client.node_auth import generate_node_key, node_key_paths
 from client.worker import SiteWorker
 from common.config import FedsiloConfig
 from common.keys import generate_identity, load_public, save_identity
-from common.processes import flower_env, stop_pid, tail
+from common.processes import die_with_parent, flower_env, stop_pid, tail
 from server.enrollment import COORDINATOR
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,8 @@ def join(cfg: FedsiloConfig, site: str, root: Path, superlink: str, ca_cert: Pat
     with log_file.open("ab") as handle:
         supernode = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, env=flower_env(root / "flwr"),
-                                     cwd=root, start_new_session=True)
+                                     cwd=root, start_new_session=True,
+                                     preexec_fn=die_with_parent)
     log.info("site %s: SuperNode started (PID %d), connecting to %s", site, supernode.pid,
              superlink)
     try:

@@ -23,6 +23,17 @@ def flower_env(flwr_home: Path | None = None) -> dict[str, str]:
     return env
 
 
+def die_with_parent() -> None:
+    """``preexec_fn`` for a child that must not outlive its parent (Linux: PR_SET_PDEATHSIG)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def stop_pid(pid: int, timeout_s: float = 20.0) -> None:
     """SIGTERM the process group fedsilo started, then SIGKILL what is left after a while."""
     for sig in (signal.SIGTERM, signal.SIGKILL):

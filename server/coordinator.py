@@ -24,7 +24,8 @@ from strategies import SiteUpdate, Strategy
 
 log = logging.getLogger(__name__)
 
-NODE_WAIT_S = 120.0
+NODE_WAIT_S = 120.0  # before the first message: for every site to connect
+REJOIN_WAIT_S = 5.0  # later: a moment for a restarting site, then go on without it
 
 
 @dataclass
@@ -96,6 +97,7 @@ class Coordinator(FlowerStrategy):
         self.global_state: AdapterState = {}
         self.latest_state: AdapterState = {}  # after the last aggregation
         self.round_offset = 0  # rounds completed before this run (a resumed run)
+        self._messaged = False
         self.checkpoint = checkpoint
 
     # Messages out
@@ -104,7 +106,9 @@ class Coordinator(FlowerStrategy):
         self, grid: Grid, arrays: ArrayRecord, config: ConfigRecord, round_number: int,
         message_type: str, state: AdapterState | None = None,
     ) -> list[Message]:
-        nodes = wait_for_nodes(grid, len(self.site_ids))
+        wait_s = REJOIN_WAIT_S if self._messaged else NODE_WAIT_S
+        nodes = wait_for_nodes(grid, len(self.site_ids), wait_s)
+        self._messaged = True
         if state is None:
             state = {name: array.numpy() for name, array in arrays.items()}
         global_record = self.channel.pack_global(state, round_number)
@@ -171,6 +175,7 @@ class Coordinator(FlowerStrategy):
             updates.append(update)
             metrics["update_norm"] = update_norm(update.state, self.global_state)
             record.train[site] = metrics
+        self._note_silent(record, record.train, "update")
 
         if len(updates) < self.min_sites:
             log.warning(
@@ -202,6 +207,7 @@ class Coordinator(FlowerStrategy):
                             exc)
                 continue
             record.evaluate[site] = metrics
+        self._note_silent(record, record.evaluate, "evaluation")
         record.wall_s = time.perf_counter() - record.started
         self.observer.round_done(record)
         if self.checkpoint is not None:
@@ -212,6 +218,14 @@ class Coordinator(FlowerStrategy):
         return MetricRecord(
             {"mean_macro_f1": float(np.mean(f1)), "worst_macro_f1": float(np.min(f1))}
         )
+
+    def _note_silent(self, record: RoundRecord, replied: dict, what: str) -> None:
+        """Sites that sent nothing this round (down, disconnected, too slow): left out."""
+        for site in self.site_ids:
+            if site not in replied and site not in record.excluded:
+                record.excluded[site] = (f"no {what} before the round's timeout "
+                                         "(federation.round_timeout_s); site down or too slow")
+                log.warning("round %s: no %s from site %s", record.round, what, site)
 
     def summary(self) -> None:
         log.info("coordinator: %d sites, strategy %s, min_sites %d", len(self.site_ids),

@@ -155,6 +155,7 @@ def test_a_killed_coordinator_resumes_and_ends_as_an_uninterrupted_run(federatio
     uninterrupted = _run_dir_from(done.stdout)
 
     # The same run, with the coordinator killed once round 1 is checkpointed.
+    (base / "runs").mkdir(exist_ok=True)
     before = set((base / "runs").iterdir())
     follower = _spawn(["run", str(coordinator), "--config", str(config)], base / "killed.log")
     try:
@@ -208,3 +209,39 @@ def test_a_coordinator_listening_on_all_interfaces_needs_a_certificate_name(tmp_
     done = fedsilo("coordinator", "init", str(tmp_path / "b"), "--host", "0.0.0.0",
                    "--cert-host", "coordinator")
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_site_that_drops_mid_run_is_left_out_and_rejoins(federation):
+    base, coordinator, joins = federation["base"], federation["coordinator"], federation["joins"]
+    text = federation["config"].read_text()
+    for old, new in (("rounds: 2", "rounds: 4"), ("min_sites: 1", "min_sites: 2"),
+                     ("round_timeout_s: 3600.0", "round_timeout_s: 30.0")):
+        assert old in text
+        text = text.replace(old, new)
+    config = base / "dropout.yaml"
+    config.write_text(text)
+
+    (base / "runs").mkdir(exist_ok=True)
+    before = set((base / "runs").iterdir())
+    follower = _spawn(["run", str(coordinator), "--config", str(config)], base / "dropout.log")
+    dropped = TINY_SITES.index("fr")
+    try:
+        _wait_for(lambda: len(set((base / "runs").iterdir()) - before) == 1, 60, "run dir")
+        (run_dir,) = set((base / "runs").iterdir()) - before
+        index = run_dir / "checkpoint" / "checkpoint.json"
+        _wait_for(index.exists, 300, "round 1")
+        os.killpg(joins[dropped].pid, signal.SIGKILL)  # the site vanishes mid-run
+        joins[dropped].wait(timeout=30)
+        _wait_for(lambda: json.loads(index.read_text())["round"] >= 2, 300, "round 2")
+        joins[dropped] = _spawn(joins[dropped].args[3:], base / "join-fr-again.log")
+        assert follower.wait(timeout=600) == 0, (base / "dropout.log").read_text()[-3000:]
+    finally:
+        _stop(follower)
+
+    rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4]
+    assert "fr" in rounds[0]["train"]
+    assert "fr" not in rounds[1]["train"] and "no update" in rounds[1]["excluded"]["fr"], \
+        rounds[1]["excluded"]
+    assert sorted(rounds[1]["train"]) == ["de", "id"]  # the round went on without it
+    assert any("fr" in r["train"] for r in rounds[2:]), "the restarted site did not rejoin"
