@@ -124,10 +124,28 @@ def coordinator_enroll(
     console.print(f"site {site} enrolled (SuperNode id {node_id})")
 
 
+@coordinator_app.command("revoke")
+def coordinator_revoke(
+    root: HomeArg,
+    site: Annotated[str, typer.Argument(help="The site id to remove.")],
+) -> None:
+    """Remove a site's SuperNode keys and identity (a lost key, a site leaving). To rotate a
+    site's keys: revoke, then enroll the new ones."""
+    setup_logging(False)
+    from server.deploy import DeploymentError, revoke_site
+
+    home = _home(root)
+    try:
+        revoked = revoke_site(home, site)
+    except DeploymentError as exc:
+        fail(str(exc), code=1)
+    console.print(f"site {site} revoked (SuperNodes {', '.join(map(str, revoked)) or 'none'})")
+
+
 @coordinator_app.command("status")
 def coordinator_status(root: HomeArg) -> None:
     """The SuperLink's process, the connected SuperNodes and the runs."""
-    from server.deploy import CONNECTION, DeploymentError, flwr, running_pid
+    from server.deploy import CONNECTION, DeploymentError, enrolled_nodes, flwr, running_pid
 
     home = _home(root)
     pid = running_pid(home.pid_file, "flower-superlink")
@@ -136,12 +154,12 @@ def coordinator_status(root: HomeArg) -> None:
         raise typer.Exit(1)
     console.print(f"SuperLink PID {pid} on {home.address()}")
     try:
-        nodes = flwr(home, "supernode", "ls", CONNECTION).get("nodes", [])
+        nodes = enrolled_nodes(home)
         runs = flwr(home, "ls", CONNECTION).get("runs", [])
     except DeploymentError as exc:
         fail(str(exc), code=1)
     for node in nodes:
-        console.print(f"node {node.get('node-id')}: {node.get('name', '')} "
+        console.print(f"site {node['site']}: SuperNode {node.get('node-id')} "
                       f"{node.get('status', '')}")
     for run in runs:
         console.print(f"run {run.get('run-id')}: {run.get('status')} {run.get('elapsed', '')}")

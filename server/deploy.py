@@ -103,6 +103,16 @@ class CoordinatorHome:
                                   "create one with `fedsilo coordinator init`")
         return json.loads(path.read_text(encoding="utf-8"))
 
+    def enrolled(self) -> dict[str, list[int]]:
+        """Site id -> the SuperNode ids registered for it (Flower does not list names)."""
+        path = self.root / "enrolled.json"
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+    def save_enrolled(self, enrolled: dict[str, list[int]]) -> None:
+        from server.report import atomic_write
+
+        atomic_write(self.root / "enrolled.json", json.dumps(enrolled, indent=1) + "\n")
+
     def address(self) -> str:
         settings = self.settings()
         return f"{settings['host']}:{settings['port']}"
@@ -257,10 +267,38 @@ def enroll_site(home: CoordinatorHome, site: str, node_key: Path, identity: Path
     result = flwr(home, "supernode", "register", str(Path(node_key).resolve()), CONNECTION,
                   "--name", site)
     shutil.copyfile(identity, home.keys_dir / f"{site}.pub.json")
-    node_id = int(result.get("node-id", 0))
+    node_id = int(result["node-id"])
+    enrolled = home.enrolled()
+    enrolled[site] = sorted(set(enrolled.get(site, [])) | {node_id})
+    home.save_enrolled(enrolled)
     log.info("site %s enrolled: SuperNode key registered (node %d), identity %s", site,
              node_id, public.fingerprint())
     return node_id
+
+
+def enrolled_nodes(home: CoordinatorHome) -> list[dict]:
+    """The SuperNodes registered at the SuperLink (id, status), each with its site's id."""
+    site_of = {node_id: site for site, ids in home.enrolled().items() for node_id in ids}
+    nodes = list(flwr(home, "supernode", "ls", CONNECTION).get("nodes", []))
+    for node in nodes:
+        node["site"] = site_of.get(int(node["node-id"]), "?")
+    return nodes
+
+
+def revoke_site(home: CoordinatorHome, site: str) -> list[int]:
+    """Unregister every SuperNode key enrolled for ``site`` and drop its identity: the site
+    can no longer join, and its sealed updates would be refused. Returns the node ids."""
+    enrolled = home.enrolled()
+    identity = home.keys_dir / f"{site}.pub.json"
+    if site not in enrolled and not identity.exists():
+        raise DeploymentError(f"no SuperNode key or identity is enrolled for site {site!r}")
+    revoked = enrolled.pop(site, [])
+    for node_id in revoked:
+        flwr(home, "supernode", "unregister", str(node_id), CONNECTION)
+    home.save_enrolled(enrolled)
+    identity.unlink(missing_ok=True)
+    log.info("site %s revoked (SuperNodes %s)", site, revoked)
+    return revoked
 
 
 def submit_run(home: CoordinatorHome, config_path: Path, run_dir: Path,

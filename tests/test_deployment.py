@@ -245,3 +245,20 @@ def test_a_site_that_drops_mid_run_is_left_out_and_rejoins(federation):
         rounds[1]["excluded"]
     assert sorted(rounds[1]["train"]) == ["de", "id"]  # the round went on without it
     assert any("fr" in r["train"] for r in rounds[2:]), "the restarted site did not rejoin"
+
+
+def test_a_revoked_site_key_is_unregistered_and_its_identity_dropped(federation):
+    base, coordinator = federation["base"], federation["coordinator"]
+    home = base / "site-spare"
+    assert fedsilo("site", "init", str(home), "--site", "spare").returncode == 0
+    keys = home / "keys"
+    done = fedsilo("coordinator", "enroll", str(coordinator), "spare", "--node-key",
+                   str(keys / "spare.node-key.pub"), "--identity", str(keys / "spare.pub.json"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    status = fedsilo("coordinator", "status", str(coordinator))
+    assert "spare" in status.stdout
+    done = fedsilo("coordinator", "revoke", str(coordinator), "spare")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not (coordinator / "keys" / "spare.pub.json").exists()
+    assert "spare" not in fedsilo("coordinator", "status", str(coordinator)).stdout
+    assert fedsilo("coordinator", "revoke", str(coordinator), "spare").returncode != 0
