@@ -151,7 +151,7 @@ class TrainConfig(_Section):
 class StrategyConfig(_Section):
     name: str = Field(
         default="fedavg",
-        description="Aggregation strategy: fedavg, fedavg-local-head, fedprox, exact-lora, "
+        description="Aggregation strategy: fedavg, fedavg-local-head, fedsa-lora, fedprox, exact-lora, "
         "median, trimmed-mean, clipped-fedavg, fedadam, fedyogi.",
     )
     proximal_mu: float = Field(

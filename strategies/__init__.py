@@ -16,6 +16,7 @@ from strategies.exact_lora import ExactLoRA
 from strategies.fedadam import FedAdam
 from strategies.fedavg import FedAvg
 from strategies.fedprox import FedProx
+from strategies.fedsa_lora import FedSALoRA
 from strategies.local_head import FedAvgLocalHead
 from strategies.fedyogi import FedYogi
 from strategies.median import CoordinateMedian
@@ -31,6 +32,7 @@ REGISTRY: dict[str, Callable[[Any], Strategy]] = {
     FedAvg.name: lambda p: FedAvg(),
     FedProx.name: lambda p: FedProx(),
     FedAvgLocalHead.name: lambda p: FedAvgLocalHead(),
+    FedSALoRA.name: lambda p: FedSALoRA(),
     ExactLoRA.name: lambda p: ExactLoRA(),
     CoordinateMedian.name: lambda p: CoordinateMedian(),
     TrimmedMean.name: lambda p: TrimmedMean(p.trim_fraction),

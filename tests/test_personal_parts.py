@@ -44,3 +44,18 @@ def test_the_egress_guard_blocks_the_head_if_it_ever_heads_out(runtime):
     state = runtime.model.adapter_state()
     with pytest.raises(EgressBlocked, match="classifier"):
         runtime.egress_policy().check_update(state, {"num_examples": 1.0})
+
+
+def test_shared_a_local_b_keeps_b_and_the_head_and_sends_only_a(tiny_overrides):
+    runtime = SiteRuntime(load_config(overrides=[*tiny_overrides, "strategy.name=fedsa-lora"]))
+    context = _context()
+    trained = {k: v + 1 for k, v in runtime.model.adapter_state().items()}
+    outbound = runtime.keep_local_parts(trained, context)
+    assert outbound and all("lora_A" in k for k in outbound)
+    assert any("lora_B" in k for k in trained) and any("classifier" in k for k in trained)
+    restored = runtime.with_local_parts(outbound, context)
+    for name, value in trained.items():
+        np.testing.assert_array_equal(restored[name], value)
+    with pytest.raises(EgressBlocked, match="lora_B"):
+        runtime.egress_policy().check_update({k: v for k, v in trained.items()
+                                              if "classifier" not in k}, {"num_examples": 1.0})

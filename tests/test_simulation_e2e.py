@@ -182,10 +182,11 @@ def test_a_run_where_no_site_can_train_exits_non_zero(silo_root, tiny_model_dir,
     assert "train.jsonl" in result.output
 
 
-def test_a_personal_head_stays_at_each_site_and_the_rounds_complete(silo_root, tiny_model_dir,
-                                                                   tmp_path):
+@pytest.mark.parametrize("strategy", ["fedavg-local-head", "fedsa-lora"])
+def test_personal_parts_stay_at_each_site_and_the_rounds_complete(silo_root, tiny_model_dir,
+                                                                  tmp_path, strategy):
     settings = tiny_settings(silo_root, tiny_model_dir, tmp_path / "runs")
-    cfg = load_config(overrides=[*settings, "strategy.name=fedavg-local-head"])
+    cfg = load_config(overrides=[*settings, f"strategy.name={strategy}"])
     result = simulate(cfg)
     rounds = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").open()]
     # The coordinator accepts only the shared tensors: a head arriving would be rejected.
