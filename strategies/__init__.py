@@ -17,8 +17,8 @@ from strategies.fedadam import FedAdam
 from strategies.fedavg import FedAvg
 from strategies.fedprox import FedProx
 from strategies.fedsa_lora import FedSALoRA
-from strategies.local_head import FedAvgLocalHead
 from strategies.fedyogi import FedYogi
+from strategies.local_head import FedAvgLocalHead
 from strategies.median import CoordinateMedian
 from strategies.trimmed_mean import TrimmedMean
 
