@@ -26,6 +26,7 @@ from common.egress import EgressPolicy, tensor_spec
 from common.federation import federation_labels, silo_dir, site_seed
 from common.keys import load_identity, load_public
 from common.model import SiteModel, build_site_model, classification_head
+from common.ranks import truncate_to_rank
 from common.training import (
     EncodedSplit,
     encode_split,
@@ -59,26 +60,41 @@ class SiteRuntime:
     def __init__(self, cfg: FedsiloConfig) -> None:
         self.cfg = cfg
         self.labels = federation_labels(cfg)
-        self._model: SiteModel | None = None
+        self._models: dict[int, SiteModel] = {}  # by LoRA rank (sites may differ)
+        self._initial: dict[int, dict] = {}
+        self._policies: dict[int, EgressPolicy] = {}
+        self.ranks = cfg.site_ranks()
+        self.rank = cfg.lora.r  # of the site being served (see use_site)
         self._splits: dict[tuple[str, str], EncodedSplit] = {}
+        self.loads = 0
         self.loads_reported = 0  # model loads already reported in a reply
-        self._policy: EgressPolicy | None = None
         self._identities: dict[str, tuple] = {}
-        self.initial_state: dict | None = None
         strategy = create_strategy(cfg.strategy)
         self.is_local = local_tensors(strategy)
         self.proximal = getattr(strategy, "site_proximal_term", False)
 
+    def use_site(self, site: str) -> None:
+        """Serve ``site`` next: its LoRA rank picks the model."""
+        self.rank = self.ranks.get(site, self.cfg.lora.r)
+
     @property
     def model(self) -> SiteModel:
-        if self._model is None:
+        """The warm model at the current site's rank (loaded on first use)."""
+        if self.rank not in self._models:
             torch.set_num_threads(self.cfg.train.threads)
             started = time.perf_counter()
-            self._model = build_site_model(self.cfg, self.labels)
-            self.initial_state = self._model.adapter_state()
-            log.info("base model loaded in %.1f s from %s", time.perf_counter() - started,
-                     self._model.source)
-        return self._model
+            model = build_site_model(self.cfg.for_rank(self.rank), self.labels)
+            self._models[self.rank] = model
+            self._initial[self.rank] = model.adapter_state()
+            self.loads += 1
+            log.info("base model loaded in %.1f s from %s (LoRA rank %d)",
+                     time.perf_counter() - started, model.source, self.rank)
+        return self._models[self.rank]
+
+    @property
+    def initial_state(self) -> dict:
+        self.model  # noqa: B018 - loads the model and its initial adapter on first use
+        return self._initial[self.rank]
 
     def split(self, site: str, name: str) -> EncodedSplit:
         key = (site, name)
@@ -96,15 +112,15 @@ class SiteRuntime:
         Tensors the strategy keeps at the site (a personal head) are not declared: the guard
         blocks them if they ever head out.
         """
-        if self._policy is None:
-            shared = {k: v for k, v in self.model.adapter_state().items()
-                      if not self.is_local(k)}
-            self._policy = EgressPolicy(tensors=tensor_spec(shared))
-        return self._policy
+        if self.rank not in self._policies:
+            shared = {k: v for k, v in self.initial_state.items() if not self.is_local(k)}
+            self._policies[self.rank] = EgressPolicy(tensors=tensor_spec(shared))
+        return self._policies[self.rank]
 
     def with_local_parts(self, state: dict, context: Context) -> dict:
-        """The received shared tensors plus this site's own kept parts (its head, say)."""
-        self.model  # noqa: B018 - loads the model and its initial adapter on first use
+        """The received shared tensors, cut to this site's rank, plus the site's own kept
+        parts (its head, say)."""
+        state = truncate_to_rank(state, self.rank)
         missing = [k for k in self.initial_state if k not in state]
         if not missing:
             return state
@@ -133,9 +149,8 @@ class SiteRuntime:
         return SiteChannel(site, identity, coordinator, guard=self.egress_policy(), audit=audit)
 
     def fresh_model_loads(self) -> int:
-        """1 the first time a reply asks after the model was loaded in this process, else 0."""
-        loaded = int(self._model is not None)
-        fresh, self.loads_reported = loaded - self.loads_reported, loaded
+        """Model loads in this process since the last reply that reported them."""
+        fresh, self.loads_reported = self.loads - self.loads_reported, self.loads
         return fresh
 
     def train(self, site: str, state, epochs: int, seed: int) -> tuple[dict, dict]:
@@ -299,6 +314,7 @@ def site_reply(cfg: FedsiloConfig, message_type: str, content: RecordDict,
         if work is None:
             raise ValueError(f"unsupported message type {message_type!r}")
         runtime = runtime_for(cfg)
+        runtime.use_site(site)
         channel = runtime.channel(site, audit)
         round_number = int(content["config"]["round"])
         run_id = str(context.run_id)

@@ -93,7 +93,7 @@ def join(cfg: FedsiloConfig, site: str, root: Path, superlink: str, ca_cert: Pat
         supernode = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, env=flower_env(root / "flwr"),
                                      cwd=root, start_new_session=True,
-                                     preexec_fn=die_with_parent)
+                                     preexec_fn=die_with_parent)  # noqa: PLW1509 - only prctl
     log.info("site %s: SuperNode started (PID %d), connecting to %s", site, supernode.pid,
              superlink)
     try:

@@ -50,6 +50,7 @@ class SiteWorker:
         """Load the model and tokenize the silo now, not in the first round; seconds taken."""
         started = time.perf_counter()
         runtime = runtime_for(self.cfg)
+        runtime.use_site(self.site)
         for split in ("train", "test"):
             runtime.split(self.site, split)
         runtime.egress_policy()

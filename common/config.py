@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
@@ -37,6 +44,12 @@ class SiteSpec(_Section):
         default=None,
         description="The site's enrolled public identity (<site>.pub.json from `fedsilo keys "
         "init`). Default: <security.keys_dir>/<site>.pub.json.",
+    )
+    lora_rank: int | None = Field(
+        default=None, ge=1, le=256,
+        description="This site's LoRA rank, at most lora.r (default: lora.r). A site with "
+        "less compute trains a smaller adapter: it takes the leading components of the "
+        "global one and the coordinator zero-pads its update (best with exact-lora).",
     )
 
 
@@ -255,8 +268,28 @@ class FedsiloConfig(_Section):
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
+    @model_validator(mode="after")
+    def _ranks_fit(self) -> FedsiloConfig:
+        for site in self.federation.sites:
+            if site.lora_rank is not None and site.lora_rank > self.lora.r:
+                raise ValueError(f"federation.sites[{site.id}].lora_rank={site.lora_rank} "
+                                 f"exceeds lora.r={self.lora.r}; a site's rank is at most "
+                                 "the global one")
+        return self
+
     def site_ids(self) -> list[str]:
         return [site.id for site in self.federation.sites]
+
+    def site_ranks(self) -> dict[str, int]:
+        """Each site's LoRA rank (lora.r unless the site declares a smaller one)."""
+        return {site.id: site.lora_rank or self.lora.r for site in self.federation.sites}
+
+    def for_rank(self, rank: int) -> FedsiloConfig:
+        """This config with LoRA rank ``rank`` and alpha scaled so alpha / r is unchanged: a
+        rank-r_i adapter's product B A means the same as in the global rank-r adapter."""
+        alpha = self.lora.alpha * rank / self.lora.r
+        return self.model_copy(update={"lora": self.lora.model_copy(
+            update={"r": rank, "alpha": alpha})})
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -186,6 +186,7 @@ def coordinate(
         max_update_norm=cfg.security.max_update_norm,
         observer=recorder,
         checkpoint=checkpoint,
+        site_ranks=cfg.site_ranks(),
     )
     coordinator.round_offset = start_round
     shared_final = shared_start

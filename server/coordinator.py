@@ -18,6 +18,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy as FlowerStrategy
 
 from common.channel import ChannelRejected, CoordinatorChannel
+from common.ranks import adapter_rank, pad_to_rank, truncate_to_rank
 from common.wire import LOCAL_BASELINE, PERSONALIZE, STATUS_OK, AdapterState, state_to_record
 from server.validation import UpdateRejected, update_norm, validate_update
 from strategies import SiteUpdate, Strategy
@@ -86,6 +87,7 @@ class Coordinator(FlowerStrategy):
         max_update_norm: float = float("inf"),
         observer: RoundObserver | None = None,
         checkpoint: Callable[[int, AdapterState], None] | None = None,
+        site_ranks: dict[str, int] | None = None,
     ) -> None:
         self.strategy = strategy
         self.channel = channel
@@ -99,6 +101,7 @@ class Coordinator(FlowerStrategy):
         self.round_offset = 0  # rounds completed before this run (a resumed run)
         self._messaged = False
         self.checkpoint = checkpoint
+        self.site_ranks = site_ranks or {}
 
     # Messages out
 
@@ -163,17 +166,16 @@ class Coordinator(FlowerStrategy):
                 site, state, metrics = self._open(reply, server_round)
                 if site in record.train:
                     raise UpdateRejected("a second update in the same round", site)
-                update = validate_update(
-                    site, state, metrics, self.global_state, self.max_update_norm
-                )
+                expected = self._expected_for(site)
+                update = validate_update(site, state, metrics, expected, self.max_update_norm)
             except UpdateRejected as exc:
                 site = exc.site or site
                 record.excluded[site] = str(exc)
                 self.channel.note_rejection(site, server_round, str(exc))
                 log.warning("round %s: site %s left out: %s", server_round, site, exc)
                 continue
-            updates.append(update)
-            metrics["update_norm"] = update_norm(update.state, self.global_state)
+            metrics["update_norm"] = update_norm(update.state, expected)
+            updates.append(self._to_global_rank(update))
             record.train[site] = metrics
         self._note_silent(record, record.train, "update")
 
@@ -218,6 +220,20 @@ class Coordinator(FlowerStrategy):
         return MetricRecord(
             {"mean_macro_f1": float(np.mean(f1)), "worst_macro_f1": float(np.min(f1))}
         )
+
+    def _expected_for(self, site: str) -> AdapterState:
+        """The global adapter as ``site`` holds it: cut to the site's LoRA rank."""
+        rank = self.site_ranks.get(site)
+        if rank is None or rank == adapter_rank(self.global_state):
+            return self.global_state
+        return truncate_to_rank(self.global_state, rank)
+
+    def _to_global_rank(self, update: SiteUpdate) -> SiteUpdate:
+        """A smaller-rank site's update, zero-padded to the global rank (same B A)."""
+        rank = adapter_rank(self.global_state)
+        if rank is None or adapter_rank(update.state) == rank:
+            return update
+        return SiteUpdate(update.site, pad_to_rank(update.state, rank), update.num_examples)
 
     def _note_silent(self, record: RoundRecord, replied: dict, what: str) -> None:
         """Sites that sent nothing this round (down, disconnected, too slow): left out."""

@@ -1,0 +1,58 @@
+"""Heterogeneous LoRA ranks: a site of rank r_i works with the leading r_i components of the
+global rank-r adapter, and its update is zero-padded back to rank r on the coordinator.
+
+LoRA A matrices are (r, in), B matrices are (out, r); the product B A, and so the model, does
+not change when both are padded with zeros. With `exact-lora` the global factors are ordered
+by singular value, so a site's leading components are the best rank-r_i approximation of the
+global update (FlexLoRA's redistribution); with plain averaging they are the first r_i
+components (HetLoRA's truncation).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+AdapterState = dict[str, np.ndarray]
+
+
+def _is_a(name: str) -> bool:
+    return "lora_A" in name
+
+
+def _is_b(name: str) -> bool:
+    return "lora_B" in name
+
+
+def adapter_rank(state: AdapterState) -> int | None:
+    """The LoRA rank of ``state`` (None when it holds no LoRA matrices)."""
+    ranks = {value.shape[0] for name, value in state.items() if _is_a(name)}
+    ranks |= {value.shape[1] for name, value in state.items() if _is_b(name)}
+    if len(ranks) > 1:
+        raise ValueError(f"adapter mixes LoRA ranks {sorted(ranks)}")
+    return ranks.pop() if ranks else None
+
+
+def truncate_to_rank(state: AdapterState, rank: int) -> AdapterState:
+    """The leading ``rank`` components of every LoRA pair; other tensors unchanged."""
+    result = {}
+    for name, value in state.items():
+        if _is_a(name):
+            value = value[:rank, :]
+        elif _is_b(name):
+            value = value[:, :rank]
+        result[name] = np.ascontiguousarray(value)
+    return result
+
+
+def pad_to_rank(state: AdapterState, rank: int) -> AdapterState:
+    """Zero-pad every LoRA pair to ``rank`` components; other tensors unchanged."""
+    result = {}
+    for name, value in state.items():
+        if _is_a(name) and value.shape[0] < rank:
+            value = np.concatenate(
+                [value, np.zeros((rank - value.shape[0], value.shape[1]), value.dtype)], axis=0)
+        elif _is_b(name) and value.shape[1] < rank:
+            value = np.concatenate(
+                [value, np.zeros((value.shape[0], rank - value.shape[1]), value.dtype)], axis=1)
+        result[name] = value
+    return result
