@@ -170,8 +170,8 @@ class SiteRuntime:
         )
         return self.model.adapter_state(), metrics
 
-    def evaluate(self, site: str, state, split: str = "test") -> dict:
-        data = self.split(site, split)
+    def evaluate(self, site: str, state) -> dict:
+        data = self.split(site, self.cfg.data.eval_split)
         self.model.load_adapter_state(state)
         return evaluate(self.model.model, data, self.cfg.train.eval_batch_size)
 
@@ -184,7 +184,7 @@ class SiteRuntime:
         shared_head = classification_head(network)
         batch = self.cfg.train.eval_batch_size
         train = self.split(site, "train")
-        test = self.split(site, "test")
+        test = self.split(site, self.cfg.data.eval_split)
         train_x = head_features(network, shared_head, train, batch)
         test_x = head_features(network, shared_head, test, batch)
         head = copy.deepcopy(shared_head)

@@ -28,7 +28,10 @@ def site_init(
 
     try:
         files = init_site(root, site, kem)
-    except (FileExistsError, KeyFileError, ValueError) as exc:
+    except FileExistsError:
+        fail(f"{root} already holds keys for site {site}; to rotate them use a new home "
+             "folder (and ask the coordinator to revoke the old keys)")
+    except (KeyFileError, ValueError) as exc:
         fail(str(exc))
     console.print(f"send the coordinator: {files['identity']} and {files['node_key']}")
     console.print("private keys stay in " + str(Path(root) / "keys") + " (mode 0600)")

@@ -13,14 +13,17 @@ with the site's SuperNode key. Stopping join (Ctrl-C, SIGTERM) stops both.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 from client.node_auth import generate_node_key, node_key_paths
 from client.worker import SiteWorker
 from common.config import FedsiloConfig
+from common.federation import silo_dir
 from common.keys import generate_identity, load_public, save_identity
 from common.processes import die_with_parent, flower_env, stop_pid, tail
 from server.enrollment import COORDINATOR
@@ -60,14 +63,90 @@ def site_config(cfg: FedsiloConfig, site: str, root: Path, silo: Path | None) ->
     return cfg.model_copy(update={"federation": federation, "security": security})
 
 
+# What a SuperNode's log says when it ends early, and what the operator should do.
+SUPERNODE_FAILURES = (
+    ("address already in use",
+     "port {port} is already in use (another site on this machine?); pass another --port"),
+    ("certificate_verify_failed",
+     "TLS: the SuperLink's certificate does not verify against {ca}; is it the coordinator's "
+     "ca.pem, and does --superlink use a name the certificate is valid for?"),
+    ("failed to activate supernode",
+     "the SuperLink refused this site's SuperNode key: not enrolled yet, or revoked; ask the "
+     "coordinator to enroll {node_key}.pub"),
+)
+CONNECT_WARN_S = 30.0
+
+
+def diagnose(log_text: str, **details) -> str:
+    """The operator-facing reason a SuperNode ended, from its log."""
+    lowered = log_text.lower()
+    for needle, message in SUPERNODE_FAILURES:
+        if needle in lowered:
+            return message.format(**details)
+    return ("the SuperNode ended (revoked by the coordinator, or the SuperLink is gone); see "
+            "{log}").format(**details)
+
+
+class SuperNodeWatch:
+    """Tells the worker to keep serving while the SuperNode lives; says when it has not
+    connected yet (a wrong --superlink address retries silently otherwise)."""
+
+    def __init__(self, process: subprocess.Popen, log_file: Path, superlink: str) -> None:
+        self.process, self.log_file, self.superlink = process, log_file, superlink
+        self.started = time.monotonic()
+        self.connected = False
+        self._next_check = self.started + 5.0
+        self._next_warning = self.started + CONNECT_WARN_S
+
+    def __call__(self) -> bool:
+        if self.process.poll() is not None:
+            return False
+        now = time.monotonic()
+        if not self.connected and now >= self._next_check:
+            self._next_check = now + 5.0
+            if "SuperNode ID" in tail(self.log_file, 200):
+                self.connected = True
+                log.info("connected to the SuperLink at %s", self.superlink)
+            elif now >= self._next_warning:
+                self._next_warning = now + 60.0
+                log.warning("not connected to %s after %.0f s; retrying. Is the address right "
+                            "and the coordinator's SuperLink running?", self.superlink,
+                            now - self.started)
+        return True
+
+
+def _check_home(root: Path, site: str) -> Path:
+    keys = root / "keys"
+    node_key, _ = node_key_paths(site, keys)
+    if not node_key.is_file():
+        owners = sorted(p.name.split(".")[0] for p in keys.glob("*.node-key"))
+        if owners:
+            raise SiteSetupError(f"{root} is the home of site {', '.join(owners)}, not of "
+                                 f"{site}; use that site's own home folder")
+        raise SiteSetupError(f"{node_key}: no SuperNode key; run `fedsilo site init {root} "
+                             f"--site {site}` first")
+    return node_key
+
+
+def _check_silo_country(cfg: FedsiloConfig, site: str) -> None:
+    """A prepared silo names its country: refuse another country's data under this site."""
+    manifest = silo_dir(cfg, site) / "manifest.json"
+    try:
+        country = json.loads(manifest.read_text(encoding="utf-8")).get("country")
+    except (OSError, ValueError):
+        return  # the site's own data (no manifest): nothing to compare
+    if country and country != site:
+        raise SiteSetupError(f"{manifest.parent} is the silo of {country!r}, not of {site!r}; "
+                             "pass this site's own --silo")
+
+
 def join(cfg: FedsiloConfig, site: str, root: Path, superlink: str, ca_cert: Path,
          coordinator_key: Path | None = None, port: int = SUPERNODE_PORT) -> int:
     """Warm the site's model, start the SuperNode, serve rounds until stopped; exit code."""
     root = Path(root).resolve()
     keys = root / "keys"
-    node_key, _ = node_key_paths(site, keys)
-    if not node_key.is_file():
-        raise SiteSetupError(f"{node_key}: no SuperNode key; run `fedsilo site init` first")
+    node_key = _check_home(root, site)
+    _check_silo_country(cfg, site)
     if coordinator_key is not None:
         if load_public(coordinator_key).name != COORDINATOR:
             raise SiteSetupError(f"{coordinator_key} is not the coordinator's public identity")
@@ -77,13 +156,17 @@ def join(cfg: FedsiloConfig, site: str, root: Path, superlink: str, ca_cert: Pat
 
     (root / "audit").mkdir(mode=0o700, exist_ok=True)
     worker = SiteWorker(cfg, site, root / "run" / "worker.sock")
+    try:
+        worker.bind()  # first: a second join of the same site stops here, in a second
+    except RuntimeError as exc:
+        raise SiteSetupError(f"{exc}; this site is already joined") from None
     warm_s = worker.warm_up()
     log.info("site %s: model and silo loaded in %.1f s", site, warm_s)
-    worker.bind()
     worker.install_signal_handlers()
 
     log_file = root / "logs" / "supernode.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
+    log_start = log_file.stat().st_size if log_file.exists() else 0
     node_config = f"site='{site}' worker-socket='{worker.socket_path}'"
     command = ["flower-supernode", "--superlink", superlink,
                "--root-certificates", str(Path(ca_cert).resolve()),
@@ -97,13 +180,15 @@ def join(cfg: FedsiloConfig, site: str, root: Path, superlink: str, ca_cert: Pat
     log.info("site %s: SuperNode started (PID %d), connecting to %s", site, supernode.pid,
              superlink)
     try:
-        worker.serve(keep_going=lambda: supernode.poll() is None)
+        worker.serve(keep_going=SuperNodeWatch(supernode, log_file, superlink))
     finally:
         if supernode.poll() is None:
             stop_pid(supernode.pid)
-    code = supernode.returncode
-    if code not in (0, None, -15):
-        log.error("site %s: the SuperNode exited with %s (refused by the SuperLink? is the "
-                  "site enrolled?); last lines of %s:\n%s", site, code, log_file, tail(log_file))
-        return 1
-    return 0
+    if worker.stopped_by_signal:
+        return 0
+    with log_file.open("rb") as handle:
+        handle.seek(log_start)
+        text = handle.read().decode(errors="replace")
+    log.error("site %s: %s", site, diagnose(text, port=port, ca=ca_cert, node_key=node_key,
+                                            log=log_file))
+    return 1

@@ -101,6 +101,11 @@ class SiteWorker:
     def stop(self, *_args) -> None:
         self._stop.set()
 
+    @property
+    def stopped_by_signal(self) -> bool:
+        """True when :meth:`stop` ended serving (an operator's Ctrl-C or SIGTERM)."""
+        return self._stop.is_set()
+
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)

@@ -117,6 +117,11 @@ class DataConfig(_Section):
         default=1_000_000, ge=64, description="Longest accepted line of a JSONL silo file."
     )
     seed: int = Field(default=0, description="Seed of the train/validation/test split.")
+    eval_split: Literal["test", "validation"] = Field(
+        default="test",
+        description="The split every score is measured on: test for reporting, validation "
+        "for tuning (bench/quality.py tunes on validation, then reports on test).",
+    )
 
     def read_options(self) -> dict[str, Any]:
         """Keyword arguments of the silo readers (load_silo, check_silo)."""
@@ -267,6 +272,14 @@ class FedsiloConfig(_Section):
     security: SecurityConfig = Field(default_factory=SecurityConfig)
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _min_sites_fit(self) -> FedsiloConfig:
+        sites = len(self.federation.sites)
+        if self.federation.min_sites > sites:
+            raise ValueError(f"federation.min_sites={self.federation.min_sites} exceeds the "
+                             f"{sites} sites of the federation: no round could be aggregated")
+        return self
 
     @model_validator(mode="after")
     def _ranks_fit(self) -> FedsiloConfig:

@@ -612,7 +612,8 @@ def _valid_label(path: Path, where: tuple[int, str], record: dict[str, Any], col
     if isinstance(label, str) and label in label_index:
         return label_index[label]
     raise SiteDataError(path, where[0], f"unknown label {label!r}; allowed: {list(label_index)}",
-                        "add it to data.labels in the site config or map it to an allowed label",
+                        "labels are the federation's: map it to one of them (or `other`), or ask the "
+                        "coordinator to add it to data.labels for every site",
                         where[1])
 
 

@@ -21,7 +21,7 @@ STATUS_POLL_S = 2.0
 def _home(root: Path):
     from server.deploy import CoordinatorHome, DeploymentError
 
-    home = CoordinatorHome(root)
+    home = CoordinatorHome(Path(root).resolve())
     try:
         home.settings()
     except DeploymentError as exc:
@@ -207,7 +207,9 @@ def run(
         try:
             status = run_status(home, run_id)
         except DeploymentError as exc:
-            fail(str(exc), code=1)
+            fail(f"{exc}\nThe run stopped with the SuperLink. Once it is back "
+                 f"(fedsilo coordinator start {root}), continue with: "
+                 f"fedsilo run {root} --resume {run_dir}", code=1)
         if str(status.get("status", "")).startswith("finished"):
             break
         time.sleep(STATUS_POLL_S)
@@ -252,8 +254,15 @@ def _describe_resume(run_dir: Path) -> None:
         fail(str(exc), code=1)
     if checkpoint is None:
         console.print(f"{run_dir}: no checkpoint yet; the run starts again from round 1")
+    elif (run_dir / "results.md").exists() and checkpoint.round >= _rounds_of(run_dir):
+        fail(f"{run_dir} is already complete ({checkpoint.round} rounds, results.md written); "
+             "start a new run instead", code=1)
     else:
         console.print(f"{run_dir}: resuming after round {checkpoint.round}")
+
+
+def _rounds_of(run_dir: Path) -> int:
+    return load(run_dir / "config.yaml", []).federation.rounds
 
 
 def _show_rounds(metrics: Path, shown: int) -> int:

@@ -60,14 +60,17 @@ def wait_for_nodes(grid: Grid, expected: int, timeout_s: float = NODE_WAIT_S) ->
         time.sleep(0.5)
 
 
-def reply_site(reply: Message) -> tuple[str, str | None]:
-    """(site, failure reason or None) of a reply; Flower-level errors included."""
+def reply_site(reply: Message, node_sites: dict[int, str] | None = None
+               ) -> tuple[str, str | None]:
+    """(site, failure reason or None) of a reply; Flower-level errors included. A node is
+    named by the site it answered for before (``node_sites``), else ``node-<id>``."""
+    node = reply.metadata.src_node_id
+    known = (node_sites or {}).get(node, f"node-{node}")
     if reply.has_error():
-        node = reply.metadata.src_node_id
-        return f"node-{node}", f"Flower error {reply.error.code}: {reply.error.reason}"
+        return known, f"Flower error {reply.error.code}: {reply.error.reason}"
     status = reply.content.config_records.get("site")
     if status is None:
-        return f"node-{reply.metadata.src_node_id}", "reply without a site record"
+        return known, "reply without a site record"
     site = str(status["site"])
     if status["status"] != STATUS_OK:
         return site, str(status.get("reason", "no reason given"))
@@ -102,6 +105,7 @@ class Coordinator(FlowerStrategy):
         self._messaged = False
         self.checkpoint = checkpoint
         self.site_ranks = site_ranks or {}
+        self.node_sites: dict[int, str] = {}  # learned from replies, to name Flower errors
 
     # Messages out
 
@@ -144,13 +148,15 @@ class Coordinator(FlowerStrategy):
 
     def _open(self, reply: Message, round_number: int) -> tuple[str, dict, dict]:
         """(site, tensors, metrics) of a reply; raises UpdateRejected with the reason."""
-        site, failure = reply_site(reply)
+        site, failure = reply_site(reply, self.node_sites)
         if failure is not None:
             raise UpdateRejected(failure, site)
         try:
             state, metrics = self.channel.open_reply(site, reply.content, round_number)
         except ChannelRejected as exc:
             raise UpdateRejected(str(exc), site) from None
+        if site in self.site_ids:  # a verified reply: this node serves this site
+            self.node_sites[reply.metadata.src_node_id] = site
         return site, state, metrics
 
     # Replies in
@@ -239,8 +245,8 @@ class Coordinator(FlowerStrategy):
         """Sites that sent nothing this round (down, disconnected, too slow): left out."""
         for site in self.site_ids:
             if site not in replied and site not in record.excluded:
-                record.excluded[site] = (f"no {what} before the round's timeout "
-                                         "(federation.round_timeout_s); site down or too slow")
+                record.excluded[site] = (f"no {what} this round: not connected, down, or "
+                                         "slower than federation.round_timeout_s")
                 log.warning("round %s: no %s from site %s", record.round, what, site)
 
     def summary(self) -> None:

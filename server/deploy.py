@@ -123,7 +123,7 @@ def init_coordinator(root: Path, host: str = "127.0.0.1", port: int = DEFAULT_PO
                      kem: str = "x25519") -> CoordinatorHome:
     """Create the coordinator home: CA and SuperLink certificate (or the operator's own),
     the coordinator's identity, the flwr CLI's connection and the app to submit."""
-    home = CoordinatorHome(Path(root))
+    home = CoordinatorHome(Path(root).resolve())
     if not cert_hosts and host in ("0.0.0.0", "::"):
         raise DeploymentError("listening on all interfaces: name the address sites use "
                               "with --cert-host")
@@ -198,6 +198,11 @@ def start_superlink(home: CoordinatorHome, timeout_s: float = START_TIMEOUT_S) -
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
+            log_text = tail(home.log_file, 60)
+            if "address already in use" in log_text.lower():
+                raise DeploymentError(f"port {settings['port']} on {settings['host']} is "
+                                      "already in use (another SuperLink?); stop it or pick "
+                                      "another port in a new home (coordinator init --port)")
             raise DeploymentError(f"flower-superlink exited with {process.returncode}; see "
                                   f"{home.log_file}:\n{tail(home.log_file)}")
         if tls_answers(settings["host"], int(settings["port"]), tls.ca_cert):
@@ -251,8 +256,11 @@ def flwr(home: CoordinatorHome, *args: str, timeout_s: float = 120.0) -> dict:
         raise DeploymentError(f"`{' '.join(command[:3])}` failed (exit {done.returncode}): "
                               f"{(done.stderr or done.stdout).strip()[-600:]}") from None
     if not result.get("success", False):
-        raise DeploymentError(f"`{' '.join(command[:3])}` failed: "
-                              f"{result.get('error-message', result)}")
+        message = str(result.get("error-message", result))
+        hint = ""
+        if "unavailable" in message.lower():
+            hint = f"; is the SuperLink running? (fedsilo coordinator start {home.root})"
+        raise DeploymentError(f"`{' '.join(command[:3])}` failed: {message}{hint}")
     return result
 
 

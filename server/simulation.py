@@ -87,7 +87,7 @@ def run_centralized(
     for site in cfg.site_ids():
         try:
             train = load_silo(silo_dir(cfg, site), "train", **read)
-            test = load_silo(silo_dir(cfg, site), "test", **read)
+            test = load_silo(silo_dir(cfg, site), cfg.data.eval_split, **read)
         except (SiteDataError, FileNotFoundError) as exc:
             failures[site] = str(exc)
             continue

@@ -262,3 +262,50 @@ def test_a_revoked_site_key_is_unregistered_and_its_identity_dropped(federation)
     assert not (coordinator / "keys" / "spare.pub.json").exists()
     assert "spare" not in fedsilo("coordinator", "status", str(coordinator)).stdout
     assert fedsilo("coordinator", "revoke", str(coordinator), "spare").returncode != 0
+
+
+def test_site_join_mistakes_get_clear_errors(federation, tmp_path):
+    base = federation["base"]
+    common = ["--superlink", f"127.0.0.1:{federation['port']}", "--ca", str(federation["ca"]),
+              "--config", str(federation["config"]), "--port", str(_free_port())]
+    # another site's home
+    done = fedsilo("site", "join", str(base / "site-de"), "--site", "fr", *common)
+    assert done.returncode != 0 and "is the home of site de" in done.stdout + done.stderr
+    # another country's silo
+    done = fedsilo("site", "join", str(base / "site-fr"), "--site", "fr", "--silo",
+                   str(_silo(federation, "de")),
+                   *common)
+    assert done.returncode != 0 and "is the silo of 'de', not of 'fr'" in done.stdout + done.stderr
+    # a second join of a running site
+    done = fedsilo("site", "join", str(base / "site-de"), "--site", "de", *common)
+    assert done.returncode != 0 and "already joined" in done.stdout + done.stderr
+    # keys already there
+    done = fedsilo("site", "init", str(base / "site-de"), "--site", "de")
+    assert done.returncode != 0 and "already holds keys" in done.stdout + done.stderr
+
+
+def _silo(federation, site: str) -> Path:
+    import yaml as _yaml
+
+    config = _yaml.safe_load(federation["config"].read_text())
+    return Path(config["data"]["silo_root"]) / site
+
+
+def test_a_relative_coordinator_home_works_like_an_absolute_one(tmp_path):
+    port = _free_port()
+    done = subprocess.run([sys.executable, "-m", "common.cli", "coordinator", "init", "coord",
+                           "--port", str(port)], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    try:
+        done = subprocess.run([sys.executable, "-m", "common.cli", "coordinator", "start",
+                               "coord"], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=120, check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
+        done = subprocess.run([sys.executable, "-m", "common.cli", "coordinator", "status",
+                               "coord"], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=120, check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
+    finally:
+        subprocess.run([sys.executable, "-m", "common.cli", "coordinator", "stop", "coord"],
+                       cwd=tmp_path, capture_output=True, timeout=120, check=False)
