@@ -76,6 +76,10 @@ def coordinator_start(
     from server.deploy import DeploymentError, running_pid, start_superlink, stop_superlink
 
     home = _home(root)
+    stopping = []
+    if foreground:  # before starting: a stop request during start-up is honoured too
+        signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+        signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
     try:
         pid = start_superlink(home)
     except DeploymentError as exc:
@@ -83,9 +87,6 @@ def coordinator_start(
     console.print(f"SuperLink running on {home.address()} (PID {pid}); log {home.log_file}")
     if not foreground:
         return
-    stopping = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
-    signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
     while not stopping and running_pid(home.pid_file, "flower-superlink") == pid:
         time.sleep(0.5)
     if stop_superlink(home):

@@ -192,6 +192,8 @@ def test_the_container_entrypoint_runs_the_superlink_in_the_foreground(tmp_path)
     try:
         _wait_for(lambda: tls_answers("127.0.0.1", port, home / "tls" / "ca.pem"), 90,
                   "the SuperLink")
+        _wait_for(lambda: "SuperLink running" in (tmp_path / "fg.log").read_text(), 30,
+                  "the command to report the SuperLink")
         pid = int((home / "logs" / "superlink.pid").read_text())
         assert process.poll() is None
         process.send_signal(signal.SIGTERM)
