@@ -7,7 +7,15 @@ from typing import Annotated
 
 import typer
 
-from common.console import ConfigOption, SetOption, console, fail, load, setup_logging
+from common.console import (
+    ConfigOption,
+    SetOption,
+    check_silo_and_print,
+    console,
+    fail,
+    load,
+    setup_logging,
+)
 
 site_app = typer.Typer(help="A partner site: keys, silo check, joining the federation.",
                        no_args_is_help=True)
@@ -44,19 +52,7 @@ def site_check(
     set_: SetOption = None,
 ) -> None:
     """Validate the silo against the federation's labels; prints counts, never raw text."""
-    setup_logging(False)
-    cfg = load(config, set_)
-    from common.data import SiteDataError, check_silo
-    from common.federation import federation_labels
-
-    try:
-        report = check_silo(silo, federation_labels(cfg), **cfg.data.read_options())
-    except (SiteDataError, FileNotFoundError, ValueError) as exc:
-        fail(str(exc), code=1)
-    for split, info in report["splits"].items():
-        counts = ", ".join(f"{label} {n}" for label, n in sorted(info.get("counts", {}).items()))
-        console.print(f"{split}: {info['examples']} examples" + (f" ({counts})" if counts else ""))
-    console.print("ok")
+    check_silo_and_print(silo, config, set_)
 
 
 @site_app.command("join")

@@ -16,6 +16,7 @@ from common.console import (
     ConfigOption,
     SetOption,
     VerboseOption,
+    check_silo_and_print,
     console,
     err_console,
 )
@@ -189,18 +190,7 @@ def data_check(
     set_: SetOption = None,
 ) -> None:
     """Validate a silo (schema, labels, counts per split); prints no raw text."""
-    _setup_logging(False)
-    cfg = _load(config, set_)
-    from common.data import SiteDataError, check_silo
-    from common.federation import federation_labels
-
-    try:
-        report = check_silo(silo, federation_labels(cfg), **cfg.data.read_options())
-    except (SiteDataError, FileNotFoundError) as exc:
-        _fail(str(exc), code=1)
-    for split, info in report["splits"].items():
-        console.print(f"{split}: {info['examples']} examples")
-    console.print("ok")
+    check_silo_and_print(silo, config, set_)
 
 
 @model_app.command("convert")

@@ -47,3 +47,20 @@ def load(config: Path | None, overrides: list[str] | None) -> FedsiloConfig:
         return load_config(config, overrides or [])
     except ConfigError as exc:
         fail(str(exc))
+
+
+def check_silo_and_print(silo: Path, config: Path | None, overrides: list[str] | None) -> None:
+    """`fedsilo data check` and `fedsilo site check`: counts per split and label, no text."""
+    setup_logging(False)
+    cfg = load(config, overrides)
+    from common.data import SiteDataError, check_silo
+    from common.federation import federation_labels
+
+    try:
+        report = check_silo(silo, federation_labels(cfg), **cfg.data.read_options())
+    except (SiteDataError, FileNotFoundError, ValueError) as exc:
+        fail(str(exc), code=1)
+    for split, info in report["splits"].items():
+        counts = ", ".join(f"{label} {n}" for label, n in sorted(info.get("counts", {}).items()))
+        console.print(f"{split}: {info['examples']} examples" + (f" ({counts})" if counts else ""))
+    console.print("ok")
