@@ -81,7 +81,7 @@ def coordinator_start(
         signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
         signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
     try:
-        pid = start_superlink(home)
+        pid = start_superlink(home, tied=foreground)
     except DeploymentError as exc:
         fail(str(exc), code=1)
     console.print(f"SuperLink running on {home.address()} (PID {pid}); log {home.log_file}")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.keys import generate_identity, load_public, save_identity
-from common.processes import flower_env, stop_pid, tail
+from common.processes import die_with_parent, flower_env, stop_pid, tail
 from server.enrollment import COORDINATOR
 from server.pki import TlsFiles, check_server_certificate, create_ca, issue_server_certificate
 
@@ -174,8 +174,13 @@ def running_pid(pid_file: Path, expect: str) -> int | None:
     return pid if expect in cmdline else None
 
 
-def start_superlink(home: CoordinatorHome, timeout_s: float = START_TIMEOUT_S) -> int:
-    """Start ``flower-superlink`` with TLS and SuperNode authentication; wait until it answers."""
+def start_superlink(home: CoordinatorHome, timeout_s: float = START_TIMEOUT_S,
+                    tied: bool = False) -> int:
+    """Start ``flower-superlink`` with TLS and SuperNode authentication; wait until it answers.
+
+    ``tied``: the SuperLink ends when this process ends (a foreground command in a container);
+    otherwise it keeps running in the background until ``stop_superlink``.
+    """
     if (pid := running_pid(home.pid_file, "flower-superlink")) is not None:
         raise DeploymentError(f"the SuperLink of {home.root} is already running (PID {pid})")
     settings = home.settings()
@@ -192,7 +197,8 @@ def start_superlink(home: CoordinatorHome, timeout_s: float = START_TIMEOUT_S) -
     log_handle = home.log_file.open("ab")
     process = subprocess.Popen(command, stdout=log_handle, stderr=subprocess.STDOUT,
                                stdin=subprocess.DEVNULL, env=flower_env(home.flwr_home),
-                               cwd=home.root, start_new_session=True)
+                               cwd=home.root, start_new_session=True,
+                               preexec_fn=die_with_parent if tied else None)  # noqa: PLW1509
     log_handle.close()
     home.pid_file.write_text(f"{process.pid}\n")
     deadline = time.monotonic() + timeout_s

@@ -182,6 +182,28 @@ def test_a_killed_coordinator_resumes_and_ends_as_an_uninterrupted_run(federatio
                                    err_msg=name)
 
 
+def test_a_killed_foreground_command_takes_its_superlink_along(tmp_path):
+    from server.deploy import tls_answers
+
+    home = tmp_path / "coordinator"
+    port = _free_port()
+    assert fedsilo("coordinator", "init", str(home), "--port", str(port)).returncode == 0
+    process = _spawn(["coordinator", "start", str(home), "--foreground"], tmp_path / "fg.log")
+    try:
+        _wait_for(lambda: "SuperLink running" in (tmp_path / "fg.log").read_text(), 90,
+                  "the SuperLink")
+        pid = int((home / "logs" / "superlink.pid").read_text())
+        process.kill()  # SIGKILL: no handler runs
+        process.wait(timeout=30)
+        _wait_for(lambda: not tls_answers("127.0.0.1", port, home / "tls" / "ca.pem"), 30,
+                  "the SuperLink to end with its command")
+        assert not Path(f"/proc/{pid}/cmdline").exists() or \
+            not Path(f"/proc/{pid}/cmdline").read_bytes()
+    finally:
+        _stop(process)
+        fedsilo("coordinator", "stop", str(home))
+
+
 def test_the_container_entrypoint_runs_the_superlink_in_the_foreground(tmp_path):
     from server.deploy import tls_answers
 
@@ -202,6 +224,7 @@ def test_the_container_entrypoint_runs_the_superlink_in_the_foreground(tmp_path)
             Path(f"/proc/{pid}/status").read_text().find("zombie") >= 0
     finally:
         _stop(process)
+        fedsilo("coordinator", "stop", str(home))  # whatever happened above
 
 
 def test_a_coordinator_listening_on_all_interfaces_needs_a_certificate_name(tmp_path):
