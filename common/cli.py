@@ -75,13 +75,7 @@ class ProgressDisplay:
 
     def round_done(self, record) -> None:
         self.progress.advance(self.task)
-        f1 = [m["macro_f1"] for m in record.evaluate.values()]
-        mean = sum(f1) / len(f1) if f1 else float("nan")
-        left_out = f", left out: {', '.join(sorted(record.excluded))}" if record.excluded else ""
-        self.progress.console.print(
-            f"round {record.round}: {len(record.train)} sites trained, mean macro-F1 "
-            f"{mean:.3f} over {len(f1)} sites, {record.wall_s:.0f} s{left_out}"
-        )
+        self.progress.console.print(record.summary())
 
     def centralized_step(self, epoch: int, step: int, steps: int) -> None:
         if self._epoch_task is None or step == 1:

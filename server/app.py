@@ -118,15 +118,21 @@ def make_server_app(
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        recorder = RunRecorder(run_dir, outcome, display)
-        channel = coordinator_channel(cfg, str(context.run_id))
-        try:
-            coordinate(cfg, grid, run_dir, outcome, recorder, channel)
-        finally:
-            if channel.audit is not None:
-                channel.audit.close()
+        run_coordinator(cfg, grid, str(context.run_id), run_dir, outcome, display)
 
     return app
+
+
+def run_coordinator(cfg: FedsiloConfig, grid: Grid, run_id: str, run_dir: Path,
+                    outcome: CoordinatorOutcome, display: RoundObserver) -> None:
+    """The body of every fedsilo ServerApp: record the rounds, open the channel, coordinate."""
+    recorder = RunRecorder(run_dir, outcome, display)
+    channel = coordinator_channel(cfg, run_id)
+    try:
+        coordinate(cfg, grid, run_dir, outcome, recorder, channel)
+    finally:
+        if channel.audit is not None:
+            channel.audit.close()
 
 
 def coordinator_channel(cfg: FedsiloConfig, run_id: str) -> CoordinatorChannel:

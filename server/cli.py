@@ -190,7 +190,7 @@ def run(
             fail("--resume takes the run's own config.yaml; drop --config and --set")
         run_dir = resume.resolve()
         cfg = load(run_dir / "config.yaml", [])
-        _describe_resume(run_dir)
+        _describe_resume(run_dir, cfg.federation.rounds)
     else:
         cfg = load(config, set_)
         run_dir = _new_run_dir(cfg, home)
@@ -246,7 +246,7 @@ def _new_run_dir(cfg, home) -> Path:
     return run_dir
 
 
-def _describe_resume(run_dir: Path) -> None:
+def _describe_resume(run_dir: Path, rounds: int) -> None:
     from server.checkpoint import CheckpointError, load_checkpoint
 
     try:
@@ -255,15 +255,11 @@ def _describe_resume(run_dir: Path) -> None:
         fail(str(exc), code=1)
     if checkpoint is None:
         console.print(f"{run_dir}: no checkpoint yet; the run starts again from round 1")
-    elif (run_dir / "results.md").exists() and checkpoint.round >= _rounds_of(run_dir):
+    elif (run_dir / "results.md").exists() and checkpoint.round >= rounds:
         fail(f"{run_dir} is already complete ({checkpoint.round} rounds, results.md written); "
              "start a new run instead", code=1)
     else:
         console.print(f"{run_dir}: resuming after round {checkpoint.round}")
-
-
-def _rounds_of(run_dir: Path) -> int:
-    return load(run_dir / "config.yaml", []).federation.rounds
 
 
 def _show_rounds(metrics: Path, shown: int) -> int:
@@ -271,12 +267,8 @@ def _show_rounds(metrics: Path, shown: int) -> int:
     if not metrics.exists():
         return shown
     lines = metrics.read_text(encoding="utf-8").splitlines()
+    from server.coordinator import RoundRecord
+
     for line in lines[shown:]:
-        record = json.loads(line)
-        f1 = [m["macro_f1"] for m in record["evaluate"].values()]
-        left_out = f", left out: {', '.join(sorted(record['excluded']))}" \
-            if record["excluded"] else ""
-        console.print(f"round {record['round']}: {len(record['train'])} sites trained, mean "
-                      f"macro-F1 {sum(f1) / max(len(f1), 1):.3f}, {record['wall_s']:.1f} s"
-                      f"{left_out}")
+        console.print(RoundRecord(**json.loads(line)).summary())
     return len(lines)

@@ -42,6 +42,15 @@ class RoundRecord:
     wall_s: float = 0.0
 
 
+    def summary(self) -> str:
+        """One line for an operator: who trained, the mean score, time, who was left out."""
+        f1 = [m["macro_f1"] for m in self.evaluate.values()]
+        mean = sum(f1) / len(f1) if f1 else float("nan")
+        left_out = f", left out: {', '.join(sorted(self.excluded))}" if self.excluded else ""
+        return (f"round {self.round}: {len(self.train)} sites trained, mean macro-F1 "
+                f"{mean:.3f} over {len(f1)} sites, {self.wall_s:.1f} s{left_out}")
+
+
 class RoundObserver:
     """Hooks the coordinator calls; the CLI shows progress, the run directory records."""
 

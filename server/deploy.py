@@ -28,6 +28,7 @@ from common.keys import generate_identity, load_public, save_identity
 from common.processes import die_with_parent, flower_env, stop_pid, tail
 from server.enrollment import COORDINATOR
 from server.pki import TlsFiles, check_server_certificate, create_ca, issue_server_certificate
+from server.report import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +110,6 @@ class CoordinatorHome:
         return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
     def save_enrolled(self, enrolled: dict[str, list[int]]) -> None:
-        from server.report import atomic_write
-
         atomic_write(self.root / "enrolled.json", json.dumps(enrolled, indent=1) + "\n")
 
     def address(self) -> str:

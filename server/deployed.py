@@ -16,7 +16,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from common.config import load_config
 from common.offline import apply_offline_switches
-from server.app import CoordinatorOutcome, RunRecorder, coordinate, coordinator_channel
+from server.app import CoordinatorOutcome, run_coordinator
 from server.coordinator import RoundObserver, RoundRecord
 
 log = logging.getLogger(__name__)
@@ -54,10 +54,7 @@ class LogDisplay(RoundObserver):
         log.info("round %s: %s", round_number, phase)
 
     def round_done(self, record: RoundRecord) -> None:
-        f1 = [m["macro_f1"] for m in record.evaluate.values()]
-        log.info("round %s done in %.1f s: %d sites trained, mean macro-F1 %.3f, left out: %s",
-                 record.round, record.wall_s, len(record.train),
-                 sum(f1) / len(f1) if f1 else float("nan"), sorted(record.excluded) or "none")
+        log.info("%s", record.summary())
 
 
 @app.main()
@@ -67,14 +64,7 @@ def main(grid: Grid, context: Context) -> None:
     cfg = load_config(Path(str(context.run_config["fedsilo-config"])))
     run_dir = Path(str(context.run_config["run-dir"]))
     outcome = CoordinatorOutcome()
-    recorder = RunRecorder(run_dir, outcome, LogDisplay())
-    channel = coordinator_channel(cfg, str(context.run_id))
-    try:
-        coordinate(cfg, PollingGrid(grid), run_dir, outcome, recorder, channel)
-    finally:
-        if channel.audit is not None:
-            channel.audit.close()
-
+    run_coordinator(cfg, PollingGrid(grid), str(context.run_id), run_dir, outcome, LogDisplay())
     outcome.require_learning()
     outcome.write_results(run_dir, outcome.table(cfg))
     log.info("run finished; results in %s", run_dir)

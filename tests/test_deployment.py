@@ -182,49 +182,44 @@ def test_a_killed_coordinator_resumes_and_ends_as_an_uninterrupted_run(federatio
                                    err_msg=name)
 
 
-def test_a_killed_foreground_command_takes_its_superlink_along(tmp_path):
-    from server.deploy import tls_answers
-
+@pytest.fixture
+def foreground(tmp_path):
+    """`fedsilo coordinator start --foreground` running: (home, port, command, SuperLink PID)."""
     home = tmp_path / "coordinator"
     port = _free_port()
     assert fedsilo("coordinator", "init", str(home), "--port", str(port)).returncode == 0
     process = _spawn(["coordinator", "start", str(home), "--foreground"], tmp_path / "fg.log")
     try:
         _wait_for(lambda: "SuperLink running" in (tmp_path / "fg.log").read_text(), 90,
-                  "the SuperLink")
-        pid = int((home / "logs" / "superlink.pid").read_text())
-        process.kill()  # SIGKILL: no handler runs
-        process.wait(timeout=30)
-        _wait_for(lambda: not tls_answers("127.0.0.1", port, home / "tls" / "ca.pem"), 30,
-                  "the SuperLink to end with its command")
-        assert not Path(f"/proc/{pid}/cmdline").exists() or \
-            not Path(f"/proc/{pid}/cmdline").read_bytes()
+                  "the command to report the SuperLink")
+        yield home, port, process, int((home / "logs" / "superlink.pid").read_text())
     finally:
         _stop(process)
-        fedsilo("coordinator", "stop", str(home))
+        fedsilo("coordinator", "stop", str(home))  # whatever happened in the test
 
 
-def test_the_container_entrypoint_runs_the_superlink_in_the_foreground(tmp_path):
+def test_a_killed_foreground_command_takes_its_superlink_along(foreground):
     from server.deploy import tls_answers
 
-    home = tmp_path / "coordinator"
-    port = _free_port()
-    assert fedsilo("coordinator", "init", str(home), "--port", str(port)).returncode == 0
-    process = _spawn(["coordinator", "start", str(home), "--foreground"], tmp_path / "fg.log")
-    try:
-        _wait_for(lambda: tls_answers("127.0.0.1", port, home / "tls" / "ca.pem"), 90,
-                  "the SuperLink")
-        _wait_for(lambda: "SuperLink running" in (tmp_path / "fg.log").read_text(), 30,
-                  "the command to report the SuperLink")
-        pid = int((home / "logs" / "superlink.pid").read_text())
-        assert process.poll() is None
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0
-        assert not Path(f"/proc/{pid}").exists() or \
-            Path(f"/proc/{pid}/status").read_text().find("zombie") >= 0
-    finally:
-        _stop(process)
-        fedsilo("coordinator", "stop", str(home))  # whatever happened above
+    home, port, process, pid = foreground
+    process.kill()  # SIGKILL: no handler runs
+    process.wait(timeout=30)
+    _wait_for(lambda: not tls_answers("127.0.0.1", port, home / "tls" / "ca.pem"), 30,
+              "the SuperLink to end with its command")
+    assert not Path(f"/proc/{pid}/cmdline").exists() or \
+        not Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+def test_the_container_entrypoint_runs_the_superlink_in_the_foreground(foreground):
+    from server.deploy import tls_answers
+
+    home, port, process, pid = foreground
+    assert tls_answers("127.0.0.1", port, home / "tls" / "ca.pem")
+    assert process.poll() is None
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0
+    assert not Path(f"/proc/{pid}").exists() or \
+        Path(f"/proc/{pid}/status").read_text().find("zombie") >= 0
 
 
 def test_a_coordinator_listening_on_all_interfaces_needs_a_certificate_name(tmp_path):
