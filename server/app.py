@@ -170,6 +170,9 @@ def coordinate(
     is_local = local_tensors(strategy)
     shared_initial = {k: v for k, v in outcome.initial_state.items() if not is_local(k)}
     start_round, shared_start = 0, shared_initial
+    # LIMITATION: a resumed run is a new Flower run, so the sites' node state (parts a strategy
+    # keeps there: fedavg-local-head, fedsa-lora) starts again from the initial values; the
+    # site worker could persist them per site to lift this.
     resumed = load_checkpoint(run_dir)
     if resumed is not None:
         start_round, shared_start = resumed.round, resumed.global_state
