@@ -83,6 +83,37 @@ def svg_chart(arms: list[tuple[str, float, float]], path: Path) -> None:
         '(light)</text>' + "".join(rows) + "</svg>\n", encoding="utf-8")
 
 
+def write_report(results: dict, strategies: list[str], out: Path) -> str:
+    """The table and chart of the arms finished so far (rewritten after every arm)."""
+    strategies = [name for name in strategies if name in results]
+    first = results[strategies[0]]
+    arms = [("local-only", "local", first)] if "local" in first["mean"] else []
+    for strategy in strategies:
+        arms.append((strategy, "federated", results[strategy]))
+        if "personal" in results[strategy]["mean"]:
+            arms.append((f"{strategy} + own head", "personal", results[strategy]))
+    if "centralized" in first["mean"]:
+        arms.append(("centralized", "centralized", first))
+    sites = list(first["rows"])
+    lines = ["| country | " + " | ".join(name for name, _, _ in arms) + " |",
+             "|---|" + "---|" * len(arms)]
+    for site in sites:
+        cells = [f"{r['rows'].get(site, {}).get(key, float('nan')):.3f}" for _, key, r in arms]
+        lines.append(f"| {site} | " + " | ".join(cells) + " |")
+    lines.append("| **mean** | " + " | ".join(f"{r['mean'][k]:.3f}" for _, k, r in arms) + " |")
+    lines.append("| **worst** | " + " | ".join(
+        f"{r['worst'][k][1]:.3f} ({r['worst'][k][0]})" for _, k, r in arms) + " |")
+    lines.append("| KB sent per site per round | " + " | ".join(
+        "-" if k in ("local", "centralized") else f"{r['bytes_per_site_round'] / 1024:.0f}"
+        for _, k, r in arms) + " |")
+    lines.append("| learning rate | " + " | ".join(f"{r['lr']:g}" for _, _, r in arms) + " |")
+    text = "\n".join(lines) + "\n"
+    (out / "results.md").write_text(text, encoding="utf-8")
+    svg_chart([(name, r["mean"][k], r["worst"][k][1]) for name, k, r in arms],
+              out / "quality.svg")
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--strategies", default=",".join(REGISTRY))
@@ -113,33 +144,9 @@ def main() -> None:
         results[strategy]["lr"] = best_lr
         (args.out / "results.json").write_text(json.dumps(results, indent=1))
         print(f"{strategy}: mean {results[strategy]['mean']}")
+        write_report(results, strategies, args.out)
 
-    first = results[strategies[0]]
-    arms = [("local-only", "local", first)] if "local" in first["mean"] else []
-    for strategy in strategies:
-        arms.append((strategy, "federated", results[strategy]))
-        if "personal" in results[strategy]["mean"]:
-            arms.append((f"{strategy} + own head", "personal", results[strategy]))
-    if "centralized" in first["mean"]:
-        arms.append(("centralized", "centralized", first))
-    sites = list(first["rows"])
-    lines = ["| country | " + " | ".join(name for name, _, _ in arms) + " |",
-             "|---|" + "---|" * len(arms)]
-    for site in sites:
-        cells = [f"{r['rows'].get(site, {}).get(key, float('nan')):.3f}" for _, key, r in arms]
-        lines.append(f"| {site} | " + " | ".join(cells) + " |")
-    lines.append("| **mean** | " + " | ".join(f"{r['mean'][k]:.3f}" for _, k, r in arms) + " |")
-    lines.append("| **worst** | " + " | ".join(
-        f"{r['worst'][k][1]:.3f} ({r['worst'][k][0]})" for _, k, r in arms) + " |")
-    lines.append("| KB sent per site per round | " + " | ".join(
-        "-" if k in ("local", "centralized") else f"{r['bytes_per_site_round'] / 1024:.0f}"
-        for _, k, r in arms) + " |")
-    lines.append("| learning rate | " + " | ".join(f"{r['lr']:g}" for _, _, r in arms) + " |")
-    text = "\n".join(lines) + "\n"
-    (args.out / "results.md").write_text(text, encoding="utf-8")
-    svg_chart([(name, r["mean"][k], r["worst"][k][1]) for name, k, r in arms],
-              args.out / "quality.svg")
-    print(text)
+    print(write_report(results, strategies, args.out))
     print(f"written: {args.out / 'results.md'}, {args.out / 'quality.svg'}")
 
 
