@@ -71,3 +71,13 @@ def test_data_check_fails_when_a_file_no_longer_matches_its_manifest(silo_root, 
                                  "--set", f"data.silo_root={silo_root}"])
     assert result.exit_code == 1
     assert "differs from the sha256 in manifest.json" in result.output
+
+
+def test_every_strategy_is_selectable_with_set_on_the_command_line():
+    from strategies import REGISTRY
+
+    for name in REGISTRY:  # `simulate` reads --set through the same loader as `config show`
+        result = runner.invoke(app, ["config", "show", "--no-reference",
+                                     "--set", f"strategy.name={name}"])
+        assert result.exit_code == 0, result.output
+        assert f"name: {name}" in result.output
