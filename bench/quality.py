@@ -9,6 +9,7 @@ round), ``results.json`` and ``quality.svg`` (mean and worst macro-F1 per arm) i
     python bench/quality.py                                  # every strategy, lr 1e-3 only
     python bench/quality.py --lrs 5e-4,1e-3,2e-3             # tuned on validation (4x longer)
     python bench/quality.py --strategies fedavg,exact-lora --sites de,fr,id --rounds 3
+    python bench/quality.py --reuse                          # finish a cut-short run
 
 Each arm is one `fedsilo simulate` of the default federation (about 17 minutes on 2 CPU
 cores at 8 rounds); local-only and centralized come from the fedavg run's baselines.
@@ -122,6 +123,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=0, help="Default: the config's.")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-quality"))
     parser.add_argument("--set", action="append", help="Extra config override (repeatable).")
+    parser.add_argument("--reuse", action="store_true",
+                        help="Keep the arms already in --out/results.json (from the same code "
+                             "and settings) and run only the missing ones.")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     apply_offline_switches(hub_offline=False)
@@ -131,8 +135,12 @@ def main() -> None:
         strategies.remove("fedavg")
         strategies.insert(0, "fedavg")
 
-    results = {}
+    saved = args.out / "results.json"
+    results = json.loads(saved.read_text()) if args.reuse and saved.exists() else {}
     for strategy in strategies:
+        if strategy in results:
+            print(f"{strategy}: reused from {saved}")
+            continue
         best_lr = lrs[0]
         if len(lrs) > 1:
             scores = {lr: run_arm(strategy, lr, "validation", args, False)["mean"]["federated"]

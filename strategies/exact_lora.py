@@ -2,7 +2,8 @@
 
 For each LoRA module the coordinator forms the example-weighted mean of the sites' products
 M = sum_i w_i B_i A_i (an out x in matrix), then factors it back to the configured rank r by
-truncated SVD: B = U_r sqrt(S_r), A = sqrt(S_r) V_r^T. When the sites' products together span
+truncated SVD: B = U_r S_r, A = V_r^T (A keeps orthonormal rows, so no component dies when
+the mean has rank below r). When the sites' products together span
 at most r dimensions the result equals the mean exactly; otherwise it is the best rank-r
 approximation (Eckart-Young). Cost per module: one SVD of an out x in matrix on the
 coordinator, O(out * in * min(out, in)); for e5-small's 384 x 384 projections, a few ms each.

@@ -68,12 +68,14 @@ def lora_pairs(names: list[str]) -> list[tuple[str, str]]:
 def factor_to_rank(product: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
     """B (out x rank), A (rank x in) with B @ A the best rank-``rank`` fit of ``product``.
 
-    Truncated SVD, the singular values split evenly between the factors.
+    Truncated SVD: B = U_r S_r, A = V_r^T. A keeps orthonormal rows even where a singular
+    value is zero, so every component still gets a gradient in the next round (splitting
+    sqrt(S) into both factors would zero A's row and B's column together, and such a
+    component could never train again, as with LoRA's own initialisation of B = 0).
     """
     u, s, vt = np.linalg.svd(product, full_matrices=False)
-    root = np.sqrt(s[:rank])
-    b = u[:, :rank] * root
-    a = root[:, None] * vt[:rank]
+    b = u[:, :rank] * s[:rank]
+    a = vt[:rank]
     if b.shape[1] < rank:  # product smaller than the rank: pad with zeros
         b = np.pad(b, ((0, 0), (0, rank - b.shape[1])))
         a = np.pad(a, ((0, rank - a.shape[0]), (0, 0)))

@@ -54,6 +54,16 @@ def test_exact_lora_is_the_best_rank_r_fit_when_the_mean_has_higher_rank():
     assert error == pytest.approx(np.sqrt(np.sum(singular[RANK:] ** 2)), rel=1e-4)
 
 
+def test_exact_lora_keeps_every_component_trainable_when_the_mean_has_lower_rank():
+    # One rank-1 site: the mean product has rank 1 < RANK. B A must still equal it, and A
+    # must keep a non-zero row for every component, or that component never trains again.
+    updates = [_site("a", 1, 10, rank=1)]
+    result = _strategy("exact-lora").aggregate(_global(), updates)
+    np.testing.assert_allclose(result[B] @ result[A], updates[0].state[B] @ updates[0].state[A],
+                               rtol=1e-5, atol=1e-5)
+    assert np.all(np.linalg.norm(result[A], axis=1) > 0.5)
+
+
 def test_fedavg_of_factors_differs_from_the_mean_of_products():
     updates = [_site("a", 1, 10), _site("b", 2, 10)]
     avg = _strategy("fedavg").aggregate(_global(), updates)
