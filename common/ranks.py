@@ -2,7 +2,10 @@
 global rank-r adapter, and its update is zero-padded back to rank r on the coordinator.
 
 LoRA A matrices are (r, in), B matrices are (out, r); the product B A, and so the model, does
-not change when both are padded with zeros. With `exact-lora` the global factors are ordered
+not change when both are padded with zeros, which is how `exact-lora` (an average of products)
+receives a smaller site's update. Strategies that average the factors themselves receive it
+padded with the global adapter's own components instead: a site that never held a component
+leaves it as it was (HetLoRA), rather than pulling it towards zero. With `exact-lora` the global factors are ordered
 by singular value, so a site's leading components are the best rank-r_i approximation of the
 global update (FlexLoRA's redistribution); with plain averaging they are the first r_i
 components (HetLoRA's truncation).
@@ -44,15 +47,25 @@ def truncate_to_rank(state: AdapterState, rank: int) -> AdapterState:
     return result
 
 
-def pad_to_rank(state: AdapterState, rank: int) -> AdapterState:
-    """Zero-pad every LoRA pair to ``rank`` components; other tensors unchanged."""
+def pad_to_rank(state: AdapterState, rank: int, fill: AdapterState | None = None
+                ) -> AdapterState:
+    """Pad every LoRA pair to ``rank`` components; other tensors unchanged.
+
+    Without ``fill`` the missing components are zeros, which keeps the product B A (what a
+    strategy that averages products needs). With ``fill`` (the global adapter) they are taken
+    from it, so a strategy that works on the factors sees no change in the components the
+    site never held, rather than a change to zero.
+    """
     result = {}
+    fill = fill or {}
     for name, value in state.items():
         if _is_a(name) and value.shape[0] < rank:
-            value = np.concatenate(
-                [value, np.zeros((rank - value.shape[0], value.shape[1]), value.dtype)], axis=0)
+            tail = (fill[name][value.shape[0]:rank] if name in fill else
+                    np.zeros((rank - value.shape[0], value.shape[1]), value.dtype))
+            value = np.concatenate([value, tail.astype(value.dtype)], axis=0)
         elif _is_b(name) and value.shape[1] < rank:
-            value = np.concatenate(
-                [value, np.zeros((value.shape[0], rank - value.shape[1]), value.dtype)], axis=1)
+            tail = (fill[name][:, value.shape[1]:rank] if name in fill else
+                    np.zeros((value.shape[0], rank - value.shape[1]), value.dtype))
+            value = np.concatenate([value, tail.astype(value.dtype)], axis=1)
         result[name] = value
     return result

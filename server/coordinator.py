@@ -244,11 +244,14 @@ class Coordinator(FlowerStrategy):
         return truncate_to_rank(self.global_state, rank)
 
     def _to_global_rank(self, update: SiteUpdate) -> SiteUpdate:
-        """A smaller-rank site's update, zero-padded to the global rank (same B A)."""
+        """A smaller-rank site's update at the global rank: zero-padded (same B A) for a
+        strategy that averages products, padded with the global's own components (no change
+        there) for one that averages the factors."""
         rank = adapter_rank(self.global_state)
         if rank is None or adapter_rank(update.state) == rank:
             return update
-        return SiteUpdate(update.site, pad_to_rank(update.state, rank), update.num_examples)
+        fill = None if getattr(self.strategy, "averages_products", False) else self.global_state
+        return SiteUpdate(update.site, pad_to_rank(update.state, rank, fill), update.num_examples)
 
     def _note_silent(self, record: RoundRecord, replied: dict, what: str) -> None:
         """Sites that sent nothing this round (down, disconnected, too slow): left out."""

@@ -20,7 +20,12 @@ class SiteUpdate:
 
 
 class Strategy(Protocol):
-    """Combines the sites' updates of one round into the next global adapter."""
+    """Combines the sites' updates of one round into the next global adapter.
+
+    A strategy that averages LoRA products rather than factors sets ``averages_products =
+    True``: smaller-rank sites' updates then reach it zero-padded (same B A) instead of padded
+    with the global adapter's components (see common/ranks.py).
+    """
 
     name: str
 

@@ -21,6 +21,7 @@ from strategies.kernels import example_weights, factor_to_rank, lora_pairs, weig
 
 class ExactLoRA:
     name = "exact-lora"
+    averages_products = True  # smaller-rank updates arrive zero-padded: the same B_i A_i
 
     def aggregate(self, global_state: AdapterState, updates: list[SiteUpdate]) -> AdapterState:
         weights = example_weights(updates)

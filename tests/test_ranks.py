@@ -69,3 +69,43 @@ def test_sites_of_different_ranks_train_one_global_adapter(silo_root, tiny_model
 
     saved = load_file(str(result.run_dir / "global" / "adapter_model.safetensors"))
     assert adapter_rank({k: v for k, v in saved.items() if "lora" in k}) == cfg.lora.r
+
+
+@pytest.mark.parametrize("name", ["fedavg", "median", "trimmed-mean", "clipped-fedavg",
+                                  "fedadam", "fedyogi", "fedprox"])
+def test_unchanged_smaller_rank_sites_leave_a_factor_averaging_strategy_where_it_was(name):
+    # Sites of rank 1 and 2 return exactly what they were given; padded with the global's own
+    # components they change nothing (zero-padding would drag components 2..4 towards zero).
+    global_state = _adapter(4, 9)
+    updates = [SiteUpdate(site, pad_to_rank(truncate_to_rank(global_state, rank), 4,
+                                            global_state), 10)
+               for site, rank in (("a", 1), ("b", 2), ("c", 2), ("d", 4))]
+    strategy = create_strategy(load_config(overrides=[f"strategy.name={name}"]).strategy)
+    assert not getattr(strategy, "averages_products", False)
+    result = strategy.aggregate(global_state, updates)
+    for key, value in global_state.items():
+        np.testing.assert_allclose(result[key], value, rtol=1e-6, atol=1e-6)
+
+
+def test_padding_with_the_global_fills_only_the_missing_components():
+    global_state, small = _adapter(4, 9), _adapter(2, 0)
+    padded = pad_to_rank(small, 4, global_state)
+    np.testing.assert_array_equal(padded["m.lora_A.weight"][:2], small["m.lora_A.weight"])
+    np.testing.assert_array_equal(padded["m.lora_A.weight"][2:], global_state["m.lora_A.weight"][2:])
+    np.testing.assert_array_equal(padded["m.lora_B.weight"][:, 2:],
+                                  global_state["m.lora_B.weight"][:, 2:])
+    np.testing.assert_array_equal(padded["classifier.weight"], small["classifier.weight"])
+
+
+@pytest.mark.parametrize("name,fills_from_global", [("fedavg", True), ("exact-lora", False)])
+def test_the_coordinator_pads_a_smaller_update_as_its_strategy_needs(name, fills_from_global):
+    from server.coordinator import Coordinator
+
+    strategy = create_strategy(load_config(overrides=[f"strategy.name={name}"]).strategy)
+    coordinator = Coordinator(strategy=strategy, channel=None, site_ids=["a"], min_sites=1,
+                              site_ranks={"a": 2})
+    coordinator.global_state = _adapter(4, 9)
+    padded = coordinator._to_global_rank(SiteUpdate("a", _adapter(2, 0), 10)).state
+    tail = padded["m.lora_A.weight"][2:]
+    expected = coordinator.global_state["m.lora_A.weight"][2:] if fills_from_global else 0
+    np.testing.assert_array_equal(tail, np.broadcast_to(expected, tail.shape))
