@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from common.wire import AdapterState
@@ -57,7 +59,9 @@ def validate_update(
         raise UpdateRejected(
             f"update norm {norm:.4g} exceeds security.max_update_norm={max_norm:.4g}"
         )
-    num_examples = int(metrics.get("num_examples", 0))
-    if num_examples <= 0:
-        raise UpdateRejected("num_examples missing or not positive")
+    reported = metrics.get("num_examples", 0)
+    if (not isinstance(reported, int | float) or not math.isfinite(reported)
+            or reported != int(reported) or reported <= 0):
+        raise UpdateRejected(f"num_examples missing or not a positive whole number: {reported!r}")
+    num_examples = int(reported)
     return SiteUpdate(site=site, state=state, num_examples=num_examples)

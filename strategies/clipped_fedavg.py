@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from strategies.base import AdapterState, SiteUpdate
 from strategies.kernels import apply, clip, deltas, example_weights, weighted_mean
+
+# Example counts are reported by the sites themselves: a weight is capped at this multiple of
+# the median count, so a site claiming a huge count cannot take the whole average.
+WEIGHT_CAP = 3.0
 
 
 class ClippedFedAvg:
     """Each site's change is scaled to L2 norm at most ``clip_norm``, then example-weighted
-    averaged: the result moves by at most ``clip_norm`` from the global adapter."""
+    averaged (each weight at most WEIGHT_CAP times the median count): the result moves by at
+    most ``clip_norm`` from the global adapter."""
 
     name = "clipped-fedavg"
 
@@ -20,5 +27,7 @@ class ClippedFedAvg:
     def aggregate(self, global_state: AdapterState, updates: list[SiteUpdate]) -> AdapterState:
         clipped = [clip(delta, self.clip_norm) for delta in deltas(global_state, updates)]
         weights = example_weights(updates)
+        cap = WEIGHT_CAP * float(np.median(weights))
+        weights = [min(weight, cap) for weight in weights]
         mean = {k: weighted_mean([d[k] for d in clipped], weights) for k in global_state}
         return apply(global_state, mean)

@@ -11,7 +11,8 @@ from strategies.base import AdapterState, SiteUpdate
 
 class TrimmedMean:
     """Per value, the ``trim_fraction`` highest and lowest sites are dropped (at least one
-    each when there are three sites or more), the rest averaged without weights."""
+    each when there are three sites or more and the fraction is not 0), the rest averaged
+    without weights."""
 
     name = "trimmed-mean"
 
@@ -22,7 +23,8 @@ class TrimmedMean:
 
     def aggregate(self, global_state: AdapterState, updates: list[SiteUpdate]) -> AdapterState:
         count = len(updates)
-        cut = max(math.floor(count * self.trim_fraction), 1 if count >= 3 else 0)
+        at_least = 1 if count >= 3 and self.trim_fraction > 0 else 0
+        cut = max(math.floor(count * self.trim_fraction), at_least)
         result = {}
         for key in global_state:
             ordered = np.sort(np.stack([u.state[key] for u in updates]), axis=0)

@@ -57,3 +57,9 @@ def test_error_reply_carries_site_and_reason():
     reply = Message(content=site_error("fr", "train.jsonl, line 3: invalid UTF-8"),
                     reply_to=request)
     assert reply_site(reply) == ("fr", "train.jsonl, line 3: invalid UTF-8")
+
+
+@pytest.mark.parametrize("count", [float("inf"), float("nan"), 2.5, -3, "12"])
+def test_a_bad_example_count_is_rejected_not_raised(count):
+    with pytest.raises(UpdateRejected, match="num_examples"):
+        validate_update("de", dict(GLOBAL), {"num_examples": count, "train_loss": 1.0}, GLOBAL)

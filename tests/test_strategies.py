@@ -86,14 +86,38 @@ def test_trimmed_mean_drops_the_extremes():
 
 
 @pytest.mark.parametrize("name", ["median", "trimmed-mean", "clipped-fedavg"])
-def test_a_1000x_scaled_site_moves_robust_strategies_less_than_the_clip_bound(name):
+@pytest.mark.parametrize("claimed", [10, 10**9])  # the hostile site may also lie about its size
+def test_a_1000x_scaled_site_moves_robust_strategies_less_than_the_clip_bound(name, claimed):
     clip_norm = 5.0
-    honest = [_site(str(i), i, 10, value=0.1) for i in range(1, 5)]
-    baseline = _strategy(name, clip_norm=clip_norm).aggregate(_global(), honest)
-    hostile = SiteUpdate("x", {k: v * 1000 for k, v in honest[0].state.items()}, 10)
-    attacked = _strategy(name, clip_norm=clip_norm).aggregate(_global(), [*honest, hostile])
+    start = {k: v + 0.3 for k, v in _site("g", 7, 1).state.items()}  # a non-zero global
+    honest = [SiteUpdate(str(i), {k: v + 0.01 * i for k, v in start.items()}, 10)
+              for i in range(1, 5)]
+    baseline = _strategy(name, clip_norm=clip_norm).aggregate(start, honest)
+    hostile = SiteUpdate("x", {k: v * 1000 for k, v in _site("x", 9, 1).state.items()}, claimed)
+    attacked = _strategy(name, clip_norm=clip_norm).aggregate(start, [*honest, hostile])
     moved = norm({k: attacked[k].astype(np.float64) - baseline[k] for k in baseline})
     assert moved < clip_norm
+
+
+def test_clipped_fedavg_caps_the_weight_a_site_can_claim():
+    start = _global()
+    honest = [SiteUpdate(str(i), {k: v + 1.0 for k, v in start.items()}, 100) for i in range(4)]
+    liar = SiteUpdate("x", {k: v - 1.0 for k, v in start.items()}, 10**9)
+    result = _strategy("clipped-fedavg", clip_norm=1e6).aggregate(start, [*honest, liar])
+    # weights 100 x 4 and min(1e9, 3 x median 100) = 300: (400 - 300) / 700 per value
+    np.testing.assert_allclose(result[HEAD], np.full((3, 4), 100 / 700), rtol=1e-6)
+
+
+def test_trimmed_mean_with_fraction_zero_is_the_plain_mean():
+    updates = [_site(str(i), i, 10, value=v) for i, v in enumerate([0.0, 0.0, 3.0])]
+    result = _strategy("trimmed-mean", trim_fraction=0.0).aggregate(_global(), updates)
+    np.testing.assert_allclose(result[HEAD], np.full((3, 4), 1.0))
+
+
+def test_median_of_an_even_count_is_the_mean_of_the_middle_two():
+    updates = [_site(str(i), i, 10, value=v) for i, v in enumerate([1.0, 2.0, 4.0, 1e6])]
+    result = _strategy("median").aggregate(_global(), updates)
+    np.testing.assert_allclose(result[HEAD], np.full((3, 4), 3.0))
 
 
 def test_clipped_fedavg_moves_the_adapter_at_most_the_bound():
@@ -109,3 +133,33 @@ def test_server_optimisers_step_towards_the_mean_update_by_about_the_learning_ra
     # First step of Adam/Yogi: (1-b1) g / sqrt((1-b2) g^2) * lr, same sign as the update.
     expected = 0.01 * 0.1 / np.sqrt(0.01)
     np.testing.assert_allclose(result[HEAD], np.full((3, 4), expected), rtol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["fedadam", "fedyogi"])
+def test_server_optimiser_moments_carry_over_rounds_and_through_a_checkpoint(name):
+    start = {k: v + 0.2 for k, v in _site("g", 7, 1).state.items()}  # a non-zero global
+    rounds = [[_site("a", 1, 10, value=0.5)], [_site("a", 2, 10, value=-0.3)]]
+    straight = _strategy(name, server_learning_rate=0.01)
+    middle = straight.aggregate(start, rounds[0])
+    end = straight.aggregate(middle, rounds[1])
+
+    first = _strategy(name, server_learning_rate=0.01)
+    first.aggregate(start, rounds[0])
+    resumed = _strategy(name, server_learning_rate=0.01)
+    resumed.import_state(first.export_state())
+    for key, value in resumed.aggregate(middle, rounds[1]).items():
+        np.testing.assert_array_equal(value, end[key])
+    # without the moments the second step differs: they do carry information
+    fresh = _strategy(name, server_learning_rate=0.01).aggregate(middle, rounds[1])
+    assert not np.allclose(fresh[HEAD], end[HEAD])
+
+
+def test_yogi_and_adam_differ_from_the_second_round():
+    updates = [[_site("a", 1, 10, value=0.5)], [_site("a", 1, 10, value=2.0)]]
+    results = {}
+    for name in ("fedadam", "fedyogi"):
+        strategy, state = _strategy(name, server_learning_rate=0.01), _global()
+        for round_updates in updates:
+            state = strategy.aggregate(state, round_updates)
+        results[name] = state[HEAD]
+    assert not np.allclose(results["fedadam"], results["fedyogi"])
