@@ -84,6 +84,22 @@ def svg_chart(arms: list[tuple[str, float, float]], path: Path) -> None:
         '(light)</text>' + "".join(rows) + "</svg>\n", encoding="utf-8")
 
 
+def summary(arms: list[tuple[str, str, dict]], sites: list[str]) -> str:
+    """One line per arm: mean and worst macro-F1, silos at or above local-only, bytes sent."""
+    local = next((r["rows"] for name, k, r in arms if k == "local"), None)
+    lines = ["| arm | mean macro-F1 | worst country | countries >= local-only | "
+             "KB sent per site per round |", "|---|---|---|---|---|"]
+    for name, key, r in arms:
+        scores = {site: r["rows"].get(site, {}).get(key, float("nan")) for site in sites}
+        wins = ("-" if local is None or key == "local" else
+                f"{sum(scores[s] >= local[s]['local'] for s in sites)} of {len(sites)}")
+        sent = ("-" if key in ("local", "centralized")
+                else f"{r['bytes_per_site_round'] / 1024:.0f}")
+        lines.append(f"| {name} | {r['mean'][key]:.3f} | {r['worst'][key][1]:.3f} "
+                     f"({r['worst'][key][0]}) | {wins} | {sent} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_report(results: dict, strategies: list[str], out: Path) -> str:
     """The table and chart of the arms finished so far (rewritten after every arm)."""
     strategies = [name for name in strategies if name in results]
@@ -108,7 +124,7 @@ def write_report(results: dict, strategies: list[str], out: Path) -> str:
         "-" if k in ("local", "centralized") else f"{r['bytes_per_site_round'] / 1024:.0f}"
         for _, k, r in arms) + " |")
     lines.append("| learning rate | " + " | ".join(f"{r['lr']:g}" for _, _, r in arms) + " |")
-    text = "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n\n" + summary(arms, sites)
     (out / "results.md").write_text(text, encoding="utf-8")
     svg_chart([(name, r["mean"][k], r["worst"][k][1]) for name, k, r in arms],
               out / "quality.svg")
