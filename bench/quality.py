@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import time
 from pathlib import Path
 
@@ -100,6 +102,32 @@ def summary(arms: list[tuple[str, str, dict]], sites: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def run_settings(args) -> dict:
+    """What decides an arm's result besides its strategy: reused arms must share it."""
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip()
+    return {"commit": commit or "unknown", "lrs": args.lrs, "sites": args.sites,
+            "rounds": args.rounds, "set": args.set or []}
+
+
+def reusable(saved: Path, settings: dict) -> dict:
+    """The finished arms of an earlier run with the same settings, or exit saying why not."""
+    if not saved.exists():
+        return {}
+    recorded = saved.with_name("settings.json")
+    earlier = json.loads(recorded.read_text()) if recorded.exists() else None
+    if earlier != settings:
+        raise SystemExit(f"--reuse: {saved} came from other settings or code "
+                         f"({earlier} here, {settings} now); use another --out")
+    return json.loads(saved.read_text())
+
+
+def write_atomically(path: Path, text: str) -> None:
+    partial = path.with_suffix(".partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
+
+
 def write_report(results: dict, strategies: list[str], out: Path) -> str:
     """The table and chart of the arms finished so far (rewritten after every arm)."""
     strategies = [name for name in strategies if name in results]
@@ -140,8 +168,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bench-quality"))
     parser.add_argument("--set", action="append", help="Extra config override (repeatable).")
     parser.add_argument("--reuse", action="store_true",
-                        help="Keep the arms already in --out/results.json (from the same code "
-                             "and settings) and run only the missing ones.")
+                        help="Keep the arms already in --out/results.json and run only the missing "
+                             "ones (refused unless they came from the same commit and settings).")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     apply_offline_switches(hub_offline=False)
@@ -151,8 +179,8 @@ def main() -> None:
         strategies.remove("fedavg")
         strategies.insert(0, "fedavg")
 
-    saved = args.out / "results.json"
-    results = json.loads(saved.read_text()) if args.reuse and saved.exists() else {}
+    saved, settings = args.out / "results.json", run_settings(args)
+    results = reusable(saved, settings) if args.reuse else {}
     for strategy in strategies:
         if strategy in results:
             print(f"{strategy}: reused from {saved}")
@@ -166,7 +194,8 @@ def main() -> None:
         results[strategy] = run_arm(strategy, best_lr, "test", args,
                                     baselines=strategy == strategies[0])
         results[strategy]["lr"] = best_lr
-        (args.out / "results.json").write_text(json.dumps(results, indent=1))
+        write_atomically(saved, json.dumps(results, indent=1))
+        write_atomically(args.out / "settings.json", json.dumps(settings, indent=1))
         print(f"{strategy}: mean {results[strategy]['mean']}")
         write_report(results, strategies, args.out)
 

@@ -1,14 +1,14 @@
 """Heterogeneous LoRA ranks: a site of rank r_i works with the leading r_i components of the
-global rank-r adapter, and its update is zero-padded back to rank r on the coordinator.
+global rank-r adapter, and its update is padded back to rank r on the coordinator.
 
 LoRA A matrices are (r, in), B matrices are (out, r); the product B A, and so the model, does
 not change when both are padded with zeros, which is how `exact-lora` (an average of products)
 receives a smaller site's update. Strategies that average the factors themselves receive it
 padded with the global adapter's own components instead: a site that never held a component
-leaves it as it was (HetLoRA), rather than pulling it towards zero. With `exact-lora` the global factors are ordered
-by singular value, so a site's leading components are the best rank-r_i approximation of the
-global update (FlexLoRA's redistribution); with plain averaging they are the first r_i
-components (HetLoRA's truncation).
+leaves it as it was (HetLoRA), rather than pulling it towards zero. With `exact-lora` the
+global factors are ordered by singular value, so a site's leading components are the best
+rank-r_i approximation of the global update (FlexLoRA's redistribution); with plain averaging
+they are the first r_i components (HetLoRA's truncation).
 """
 
 from __future__ import annotations
@@ -57,14 +57,15 @@ def pad_to_rank(state: AdapterState, rank: int, fill: AdapterState | None = None
     site never held, rather than a change to zero.
     """
     result = {}
-    fill = fill or {}
     for name, value in state.items():
+        if fill is not None and (_is_a(name) or _is_b(name)) and name not in fill:
+            raise ValueError(f"{name}: not in the adapter to pad from")
         if _is_a(name) and value.shape[0] < rank:
-            tail = (fill[name][value.shape[0]:rank] if name in fill else
+            tail = (fill[name][value.shape[0]:rank] if fill is not None else
                     np.zeros((rank - value.shape[0], value.shape[1]), value.dtype))
             value = np.concatenate([value, tail.astype(value.dtype)], axis=0)
         elif _is_b(name) and value.shape[1] < rank:
-            tail = (fill[name][:, value.shape[1]:rank] if name in fill else
+            tail = (fill[name][:, value.shape[1]:rank] if fill is not None else
                     np.zeros((value.shape[0], rank - value.shape[1]), value.dtype))
             value = np.concatenate([value, tail.astype(value.dtype)], axis=1)
         result[name] = value

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-import math
+import numbers
 
 import numpy as np
 
 from common.wire import AdapterState
 from strategies import SiteUpdate
+
+
+# A site's example count weights its update; a count beyond this is a fault or a lie.
+MAX_EXAMPLES = 1e9
 
 
 class UpdateRejected(ValueError):
@@ -60,8 +64,9 @@ def validate_update(
             f"update norm {norm:.4g} exceeds security.max_update_norm={max_norm:.4g}"
         )
     reported = metrics.get("num_examples", 0)
-    if (not isinstance(reported, int | float) or not math.isfinite(reported)
-            or reported != int(reported) or reported <= 0):
-        raise UpdateRejected(f"num_examples missing or not a positive whole number: {reported!r}")
+    if (isinstance(reported, bool) or not isinstance(reported, numbers.Real)
+            or not 0 < reported <= MAX_EXAMPLES or reported != int(reported)):
+        raise UpdateRejected(f"num_examples must be a whole number from 1 to {MAX_EXAMPLES:.0e} "
+                             f"(got {reported!r})")
     num_examples = int(reported)
     return SiteUpdate(site=site, state=state, num_examples=num_examples)

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from strategies.base import AdapterState, SiteUpdate
 from strategies.kernels import apply, clip, deltas, example_weights, weighted_mean
 
 # Example counts are reported by the sites themselves: a weight is capped at this multiple of
-# the median count, so a site claiming a huge count cannot take the whole average.
+# the lower median count (the smaller middle value for an even number of sites, so that with
+# two sites the smaller claim sets the cap): a site claiming a huge count cannot take the mean.
 WEIGHT_CAP = 3.0
 
 
 class ClippedFedAvg:
     """Each site's change is scaled to L2 norm at most ``clip_norm``, then example-weighted
-    averaged (each weight at most WEIGHT_CAP times the median count): the result moves by at
-    most ``clip_norm`` from the global adapter."""
+    averaged (each weight at most WEIGHT_CAP times the lower median count): the result moves
+    by at most ``clip_norm`` from the global adapter."""
 
     name = "clipped-fedavg"
 
@@ -27,7 +26,7 @@ class ClippedFedAvg:
     def aggregate(self, global_state: AdapterState, updates: list[SiteUpdate]) -> AdapterState:
         clipped = [clip(delta, self.clip_norm) for delta in deltas(global_state, updates)]
         weights = example_weights(updates)
-        cap = WEIGHT_CAP * float(np.median(weights))
+        cap = WEIGHT_CAP * sorted(weights)[(len(weights) - 1) // 2]
         weights = [min(weight, cap) for weight in weights]
         mean = {k: weighted_mean([d[k] for d in clipped], weights) for k in global_state}
         return apply(global_state, mean)

@@ -12,8 +12,8 @@ LORA_A, LORA_B = "lora_A", "lora_B"
 def weighted_mean(arrays: list[np.ndarray], weights: list[float]) -> np.ndarray:
     """Weighted mean in float64, returned in the dtype of the first array."""
     total = float(sum(weights))
-    if total <= 0:
-        raise ValueError("weights must sum to a positive number")
+    if not 0 < total < float("inf"):
+        raise ValueError(f"weights must sum to a positive finite number (got {total})")
     acc = np.zeros(arrays[0].shape, dtype=np.float64)
     for array, weight in zip(arrays, weights, strict=True):
         acc += array.astype(np.float64) * (weight / total)

@@ -59,7 +59,12 @@ def test_error_reply_carries_site_and_reason():
     assert reply_site(reply) == ("fr", "train.jsonl, line 3: invalid UTF-8")
 
 
-@pytest.mark.parametrize("count", [float("inf"), float("nan"), 2.5, -3, "12"])
+@pytest.mark.parametrize("count", [float("inf"), float("nan"), 2.5, -3, "12", 1.7e308, True])
 def test_a_bad_example_count_is_rejected_not_raised(count):
     with pytest.raises(UpdateRejected, match="num_examples"):
         validate_update("de", dict(GLOBAL), {"num_examples": count, "train_loss": 1.0}, GLOBAL)
+
+
+def test_an_example_count_given_as_a_numpy_number_is_accepted():
+    update = validate_update("de", dict(GLOBAL), {"num_examples": np.float32(5.0)}, GLOBAL)
+    assert update.num_examples == 5

@@ -71,20 +71,33 @@ def test_sites_of_different_ranks_train_one_global_adapter(silo_root, tiny_model
     assert adapter_rank({k: v for k, v in saved.items() if "lora" in k}) == cfg.lora.r
 
 
+def _coordinator(name, site_ranks):
+    from server.coordinator import Coordinator
+
+    strategy = create_strategy(load_config(overrides=[f"strategy.name={name}"]).strategy)
+    coordinator = Coordinator(strategy=strategy, channel=None, site_ids=list(site_ranks),
+                              min_sites=1, site_ranks=site_ranks)
+    coordinator.global_state = _adapter(4, 9)
+    return coordinator
+
+
 @pytest.mark.parametrize("name", ["fedavg", "median", "trimmed-mean", "clipped-fedavg",
                                   "fedadam", "fedyogi", "fedprox"])
-def test_unchanged_smaller_rank_sites_leave_a_factor_averaging_strategy_where_it_was(name):
-    # Sites of rank 1 and 2 return exactly what they were given; padded with the global's own
-    # components they change nothing (zero-padding would drag components 2..4 towards zero).
-    global_state = _adapter(4, 9)
-    updates = [SiteUpdate(site, pad_to_rank(truncate_to_rank(global_state, rank), 4,
-                                            global_state), 10)
-               for site, rank in (("a", 1), ("b", 2), ("c", 2), ("d", 4))]
-    strategy = create_strategy(load_config(overrides=[f"strategy.name={name}"]).strategy)
-    assert not getattr(strategy, "averages_products", False)
-    result = strategy.aggregate(global_state, updates)
-    for key, value in global_state.items():
-        np.testing.assert_allclose(result[key], value, rtol=1e-6, atol=1e-6)
+def test_smaller_rank_sites_leave_the_components_they_never_held_where_they_were(name):
+    # Sites of rank 1 and 2 train their leading components; through the coordinator's
+    # padding the components beyond their rank stay as they were (zero-padding would drag
+    # them towards zero), while those they trained move.
+    coordinator = _coordinator(name, {"a": 1, "b": 2, "c": 2})
+    start = coordinator.global_state
+    updates = []
+    for site, rank in (("a", 1), ("b", 2), ("c", 2)):
+        trained = {k: v + 0.5 for k, v in truncate_to_rank(start, rank).items()}
+        updates.append(coordinator._to_global_rank(SiteUpdate(site, trained, 10)))
+    result = coordinator.strategy.aggregate(start, updates)
+    a, b = "m.lora_A.weight", "m.lora_B.weight"
+    np.testing.assert_allclose(result[a][2:], start[a][2:], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(result[b][:, 2:], start[b][:, 2:], rtol=1e-6, atol=1e-6)
+    assert np.all(result[a][0] > start[a][0])  # every site trained component 0
 
 
 def test_padding_with_the_global_fills_only_the_missing_components():
@@ -99,13 +112,11 @@ def test_padding_with_the_global_fills_only_the_missing_components():
 
 @pytest.mark.parametrize("name,fills_from_global", [("fedavg", True), ("exact-lora", False)])
 def test_the_coordinator_pads_a_smaller_update_as_its_strategy_needs(name, fills_from_global):
-    from server.coordinator import Coordinator
-
-    strategy = create_strategy(load_config(overrides=[f"strategy.name={name}"]).strategy)
-    coordinator = Coordinator(strategy=strategy, channel=None, site_ids=["a"], min_sites=1,
-                              site_ranks={"a": 2})
-    coordinator.global_state = _adapter(4, 9)
+    coordinator = _coordinator(name, {"a": 2})
     padded = coordinator._to_global_rank(SiteUpdate("a", _adapter(2, 0), 10)).state
-    tail = padded["m.lora_A.weight"][2:]
-    expected = coordinator.global_state["m.lora_A.weight"][2:] if fills_from_global else 0
-    np.testing.assert_array_equal(tail, np.broadcast_to(expected, tail.shape))
+    start = coordinator.global_state
+    for key, tail in (("m.lora_A.weight", lambda v: v[2:]), ("m.lora_B.weight",
+                                                             lambda v: v[:, 2:])):
+        expected = tail(start[key]) if fills_from_global else 0
+        np.testing.assert_array_equal(tail(padded[key]),
+                                      np.broadcast_to(expected, tail(padded[key]).shape))

@@ -108,6 +108,21 @@ def test_clipped_fedavg_caps_the_weight_a_site_can_claim():
     np.testing.assert_allclose(result[HEAD], np.full((3, 4), 100 / 700), rtol=1e-6)
 
 
+def test_clipped_fedavg_caps_a_liar_by_the_smaller_claim_when_two_sites_reply():
+    start = _global()
+    honest = SiteUpdate("a", {k: v + 1.0 for k, v in start.items()}, 100)
+    liar = SiteUpdate("x", {k: v - 1.0 for k, v in start.items()}, 10**9)
+    result = _strategy("clipped-fedavg", clip_norm=1e6).aggregate(start, [honest, liar])
+    np.testing.assert_allclose(result[HEAD], np.full((3, 4), (100 - 300) / 400), rtol=1e-6)
+
+
+def test_weights_that_overflow_are_refused_rather_than_averaged_to_zero():
+    updates = [_site("a", 1, 10), _site("b", 2, 10)]
+    updates = [SiteUpdate(u.site, u.state, 1.7e308) for u in updates]
+    with pytest.raises(ValueError, match="finite"):
+        _strategy("fedavg").aggregate(_global(), updates)
+
+
 def test_trimmed_mean_with_fraction_zero_is_the_plain_mean():
     updates = [_site(str(i), i, 10, value=v) for i, v in enumerate([0.0, 0.0, 3.0])]
     result = _strategy("trimmed-mean", trim_fraction=0.0).aggregate(_global(), updates)
