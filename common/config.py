@@ -182,7 +182,8 @@ class StrategyConfig(_Section):
         default=10.0, gt=0, description="clipped-fedavg: largest L2 norm of a site's change."
     )
     server_learning_rate: float = Field(
-        default=1e-3, gt=0, description="fedadam / fedyogi: the coordinator's step size."
+        default=1e-2, gt=0, description="fedadam / fedyogi: the coordinator's step size "
+        "(each value moves by about this much a round; tune it per federation)."
     )
     beta1: float = Field(default=0.9, ge=0, lt=1, description="fedadam / fedyogi: momentum.")
     beta2: float = Field(
