@@ -67,7 +67,8 @@ def sent_bytes(run_dir: Path) -> float:
 
 def svg_chart(arms: list[tuple[str, float, float]], path: Path) -> None:
     """A dependency-free bar chart: mean (dark) and worst-country (light) macro-F1 per arm."""
-    bar, gap, height, left = 14, 10, 220, 150
+    bar, gap = 14, 10
+    left = 16 + 7 * max(len(name) for name, _, _ in arms)  # room for the longest name
     width = left + 320
     rows = []
     for i, (name, mean, worst) in enumerate(arms):
