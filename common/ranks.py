@@ -58,15 +58,17 @@ def pad_to_rank(state: AdapterState, rank: int, fill: AdapterState | None = None
     """
     result = {}
     for name, value in state.items():
-        if fill is not None and (_is_a(name) or _is_b(name)) and name not in fill:
+        axis = 0 if _is_a(name) else 1 if _is_b(name) else None  # A: (r, in), B: (out, r)
+        if axis is None or value.shape[axis] >= rank:
+            result[name] = value
+            continue
+        if fill is None:
+            shape = list(value.shape)
+            shape[axis] = rank - value.shape[axis]
+            tail = np.zeros(shape, value.dtype)
+        elif name in fill:
+            tail = np.take(fill[name], range(value.shape[axis], rank), axis=axis)
+        else:
             raise ValueError(f"{name}: not in the adapter to pad from")
-        if _is_a(name) and value.shape[0] < rank:
-            tail = (fill[name][value.shape[0]:rank] if fill is not None else
-                    np.zeros((rank - value.shape[0], value.shape[1]), value.dtype))
-            value = np.concatenate([value, tail.astype(value.dtype)], axis=0)
-        elif _is_b(name) and value.shape[1] < rank:
-            tail = (fill[name][:, value.shape[1]:rank] if fill is not None else
-                    np.zeros((value.shape[0], rank - value.shape[1]), value.dtype))
-            value = np.concatenate([value, tail.astype(value.dtype)], axis=1)
-        result[name] = value
+        result[name] = np.concatenate([value, tail.astype(value.dtype)], axis=axis)
     return result

@@ -21,6 +21,9 @@ def weighted_mean(arrays: list[np.ndarray], weights: list[float]) -> np.ndarray:
 
 
 def example_weights(updates: list[SiteUpdate]) -> list[float]:
+    # LIMITATION: the counts are what each site reports (bounded at 1e9 by validation); only
+    # clipped-fedavg caps them. A shared cap here would limit a lying site in every weighted
+    # strategy, at the price of changing FedAvg for honest federations with skewed sizes.
     return [float(update.num_examples) for update in updates]
 
 
